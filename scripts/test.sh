@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs everything the tests need (Python packages, Java + ImageJ 1 + Jython + Groovy) and runs them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v java >/dev/null || [ ! -f /usr/share/java/ij.jar ] || [ ! -f /usr/share/java/jython.jar ] || ! command -v groovy >/dev/null; then
+  if command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq imagej jython groovy >/dev/null
+  else
+    echo "warning: apt-get not available; JVM tests will be skipped" >&2
+  fi
+fi
+python3 -m pip install -q torch==2.13.0
+python3 -m pip install -q -e ".[test,bench]"
+exec python3 -m pytest "$@"
