@@ -83,6 +83,8 @@ def test_bigwarp_xml_round_trip_and_structure(tmp_path, ps):
     assert [v.findtext("Name") for v in vts] == ["Big Warp: Affine", "calibration"]
     assert root.findtext(".//ViewSetup/size") == "130 150 1"
     assert root.find(".//FileMapping/file").text == "lm.tif"
+    pw = ps[1].x if ps[1] else 1.0
+    assert [float(v) for v in root.findtext(".//voxelSize/size").split()] == [pw, ps[1].y if ps[1] else 1.0, 1.0]
     # the z row is 0 0 1 0 (BigWarp's own 2-D export leaves it zero)
     assert [float(v) for v in vts[0].findtext("affine").split()][8:] == [0, 0, 1, 0]
     np.testing.assert_allclose(export.read_bigwarp_xml(f, fixed_pixel_size=ps[0]), A, atol=1e-12)

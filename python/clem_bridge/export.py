@@ -156,7 +156,7 @@ def write_bigwarp_xml(path, fixed_to_moving, moving_shape, *, moving_file: str =
     ET.SubElement(setup, "size").text = f"{w} {h} 1"
     vox = ET.SubElement(setup, "voxelSize")
     ET.SubElement(vox, "unit").text = moving_pixel_size.unit if moving_pixel_size else "pixel"
-    ET.SubElement(vox, "size").text = f"{s_m[0, 0]!r} {s_m[1, 1]!r} 1.0"
+    ET.SubElement(vox, "size").text = f"{float(s_m[0, 0])!r} {float(s_m[1, 1])!r} 1.0"
     ET.SubElement(ET.SubElement(setup, "attributes"), "channel").text = "0"
     channel = ET.SubElement(ET.SubElement(setups, "Attributes", name="channel"), "Channel")
     ET.SubElement(channel, "id").text = "0"

@@ -1,0 +1,69 @@
+"""Run our Fiji scripts headless under a real JVM, the way Fiji runs them.
+
+``run_script(app, "Register_EM-LM.py", 'em_file="/a.tif",reg_channel=0')`` parses the script's
+``#@`` lines (clem_bridge.fiji), binds the values of Fiji's ``key=value,...`` argument string (or
+the ``value=`` defaults), blanks the ``#@`` lines and runs the unchanged rest with Jython or Groovy
+(``tests/fiji_runners``) on ImageJ 1 — with ``imagej.dir`` = the (fake) Fiji.app, so the shared
+library is imported from ``<app>/jars/Lib`` as in Fiji.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from clem_bridge import fiji, fiji_install
+
+JARS = {"ij": Path("/usr/share/java/ij.jar"), "jython": Path("/usr/share/java/jython.jar"),
+        "groovy": Path("/usr/share/java/groovy-all.jar")}
+RUNNERS = Path(__file__).parent / "fiji_runners"
+
+
+def jvm_missing() -> str | None:
+    """Why JVM tests cannot run here (None when they can)."""
+    if shutil.which("java") is None:
+        return "java is not installed (the CI installs Debian's imagej, jython and groovy)"
+    for name, p in JARS.items():
+        if not p.is_file():
+            return f"{p} is missing (Debian package {'imagej' if name == 'ij' else name})"
+    return None
+
+
+def make_fiji_app(root: Path) -> Path:
+    """A minimal Fiji.app (ImageJ jar in jars/, a launcher name) with clem-bridge installed into it."""
+    app = root / "Fiji.app"
+    (app / "jars").mkdir(parents=True)
+    (app / "jars" / "ij-1.52i.jar").symlink_to(JARS["ij"])
+    (app / "ImageJ-linux64").write_text("#!/bin/sh\n")
+    fiji_install.install(app)
+    return app
+
+
+def run_script(app: Path, name: str, args: str = "", *, timeout: float = 600,
+               cwd: Path | None = None) -> subprocess.CompletedProcess:
+    script = app / "scripts" / "Plugins" / "CLEM" / name
+    text = script.read_text()
+    bound = fiji.bind_inputs(fiji.script_parameters(text), fiji.parse_run_args(args))
+    work = Path(cwd or app.parent) / f".run-{os.getpid()}-{name}"
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "bindings.json").write_text(json.dumps({k: [t, v] for k, (t, v) in bound.items()}))
+    (work / name).write_text(fiji.strip_parameters(text))
+    if name.endswith(".py"):
+        cmd = ["java", "-cp", f"{JARS['jython']}:{JARS['ij']}", "org.python.util.jython",
+               str(RUNNERS / "run_jython.py")]
+    else:
+        cmd = ["java", "-cp", f"{JARS['groovy']}:{JARS['ij']}", "groovy.ui.GroovyMain",
+               str(RUNNERS / "run_groovy.groovy")]
+    cmd[1:1] = ["-Djava.awt.headless=true", f"-Dimagej.dir={app}", "-Xss8m"]
+    return subprocess.run(cmd + [str(work / "bindings.json"), str(work / name)], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def run_jython(app: Path, code: str, *, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run Jython ``code`` with ImageJ 1 and ``<app>/jars/Lib`` importable (library-level tests)."""
+    prelude = f"import sys\nsys.path.insert(0, {str(app / 'jars' / 'Lib')!r})\n"
+    return subprocess.run(["java", "-Djava.awt.headless=true", "-cp", f"{JARS['jython']}:{JARS['ij']}",
+                           "org.python.util.jython", "-c", prelude + code], capture_output=True, text=True,
+                          timeout=timeout)
