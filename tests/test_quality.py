@@ -51,6 +51,7 @@ def test_ms_ssim_same_modality(pair):
     em = pair.em
     full = np.ones(em.shape, bool)
     assert overlap_metrics(em, em, full)["ms_ssim"] == pytest.approx(1.0, abs=1e-4)     # 256 px: MS-SSIM
+    assert overlap_metrics(em, 1 - em, full)["ms_ssim"] == pytest.approx(1.0, abs=1e-4)  # inverted contrast
     shifted = np.roll(em, 5, axis=1)
     assert overlap_metrics(em, shifted, full)["ms_ssim"] < 0.9
     small = em[:100, :100]                                                               # SSIM fallback

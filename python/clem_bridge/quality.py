@@ -91,7 +91,8 @@ def overlap_metrics(fixed: np.ndarray, warped_moving: np.ndarray, mask: Optional
                     bins: int = 32) -> dict[str, float]:
     """NCC, histogram MI (nats) and MS-SSIM between the EM and the warped LM where ``mask`` is True.
 
-    Also reports ``overlap`` (fraction of the fixed grid covered).  With fewer than
+    MS-SSIM is taken on the largest rectangle inside the overlap, after flipping the LM's
+    contrast when it anti-correlates with the EM (multimodal pairs).  Also reports ``overlap`` (fraction of the fixed grid covered).  With fewer than
     ``MIN_OVERLAP`` overlapping pixels every score is 0.
     """
     f = np.asarray(fixed, dtype=np.float32)
@@ -108,7 +109,8 @@ def overlap_metrics(fixed: np.ndarray, warped_moving: np.ndarray, mask: Optional
     out["mi"] = histogram_mi(fv, mv, bins)
     box = inner_box(mask)
     if box is not None:
-        out["ms_ssim"] = _ssim_score(normalise(f[box], lo=1, hi=99), normalise(m[box], lo=1, hi=99))
+        mb = m[box] if out["ncc"] >= 0 else -m[box]
+        out["ms_ssim"] = _ssim_score(normalise(f[box], lo=1, hi=99), normalise(mb, lo=1, hi=99))
     return out
 
 

@@ -9,7 +9,9 @@ PSF and sampled through the known affine (LM pixel ``p_m`` shows the scene point
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 import cv2
@@ -223,3 +225,18 @@ def make_pair(shape=(512, 512), fixed_to_moving=None, seed: int = 0, moving_shap
     fpx = PixelSize(x=EM_PIXEL_UM, y=EM_PIXEL_UM, unit="um")
     mpx = PixelSize(x=EM_PIXEL_UM * lm_pixel_ratio, y=EM_PIXEL_UM * lm_pixel_ratio, unit="um")
     return SyntheticPair(em=em, lm=lm, fixed_to_moving=f2m, fixed_pixel_size=fpx, moving_pixel_size=mpx, masks=masks)
+
+
+def save_pair(pair: SyntheticPair, out_dir, prefix: str = "phantom") -> tuple[Path, Path]:
+    """Write ``<prefix>_em.tif`` (8-bit), ``<prefix>_lm.tif`` (16-bit CYX, channels in ``LM_CHANNELS`` order)
+    as calibrated ImageJ TIFFs and ``<prefix>_truth.json`` (the true ``fixed_to_moving``); returns the TIFF paths."""
+    from .io import write_tiff
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    em = write_tiff(out / f"{prefix}_em.tif", np.round(pair.em * 255).astype(np.uint8), pair.fixed_pixel_size)
+    lm_stack = np.stack([np.round(pair.lm[k] * 65535).astype(np.uint16) for k in LM_CHANNELS])
+    lm = write_tiff(out / f"{prefix}_lm.tif", lm_stack, pair.moving_pixel_size)
+    (out / f"{prefix}_truth.json").write_text(json.dumps(
+        {"fixed_to_moving": pair.fixed_to_moving.tolist(), "channels": list(LM_CHANNELS)}, indent=2))
+    return em, lm
