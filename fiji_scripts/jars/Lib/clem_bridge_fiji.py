@@ -692,3 +692,34 @@ def register_and_apply(server, em_imp, lm_imp, reg_channel, channels, out_dir, p
     save_tiff(comp, File(out_dir, "composite.tif").getPath())
     write_transform_files(out_dir, f2m, em_imp, lm_imp, lm_imp.getTitle(), record)
     return f2m, warped, comp, record
+
+
+def match_pairs(folder, em_pattern, lm_pattern):
+    """{pair name: (em path, lm path)} for files matching the glob patterns, ``*`` = the pair name."""
+    def rx(pattern):
+        if pattern.count("*") != 1:
+            raise ClemError("a file name pattern needs exactly one * for the pair name, got %r" % pattern)
+        return re.compile("^" + re.escape(pattern).replace("\\*", "(.+)") + "$")
+    d = File(str(folder))
+    if not d.isDirectory():
+        raise ClemError("input folder not found: %s" % folder)
+    em_rx, lm_rx = rx(em_pattern), rx(lm_pattern)
+    ems, lms = {}, {}
+    for name in sorted(d.list()):
+        for found, r in ((ems, em_rx), (lms, lm_rx)):
+            m = r.match(name)
+            if m:
+                found[m.group(1)] = File(d, name).getPath()
+    pairs = dict((k, (ems[k], lms[k])) for k in ems if k in lms)
+    for k in sorted(set(ems) ^ set(lms)):
+        log("CLEM batch: %s has no partner; skipped" % (ems.get(k) or lms.get(k)))
+    if not pairs:
+        raise ClemError("no EM/LM pairs in %s match %s and %s" % (folder, em_pattern, lm_pattern))
+    return pairs
+
+
+def write_summary_csv(path, rows, columns):
+    def cell(v):
+        return '"%s"' % ("" if v is None else str(v)).replace('"', '""')
+    _write_text(path, "\n".join([",".join(columns)] + [",".join(cell(r.get(c)) for c in columns) for r in rows])
+                + "\n")
