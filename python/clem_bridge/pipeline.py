@@ -3,7 +3,7 @@
 ``register_files`` reads the EM and LM files, registers the chosen LM channel onto the EM
 with MINE, warps the LM channels onto the EM grid and writes into ``out_dir``:
 ``transform.json``, ``lm_warped.tif`` (CYX, calibrated with the EM pixel size),
-``overlay.png`` and ``mi_curve.png``.
+``overlay.png``, ``mi_curve.png`` and the Fiji transform files of :func:`clem_bridge.export.write_all`.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import numpy as np
 
 from . import transforms as T
 from .errors import InputError
+from .export import write_all
 from .io import ImageData, check_image, read_image, select_channel, write_tiff
 from .quality import save_mi_curve_png, save_overlay_png
 from .result import Registration
@@ -94,4 +95,5 @@ def register_files(em_path, lm_path, out_dir, *, reg_channel: int = 0, channels:
     t2 = time.perf_counter()
     reg.timings = {**reg.timings, "read_s": t_read, "warp_write_s": t2 - t1, "pipeline_total_s": t2 - t0}
     reg.save_json(out / TRANSFORM_JSON)
+    write_all(reg, out, moving_file=lm_img.path.name)  # BigWarp CSV/XML + mpicbg XML for Fiji
     return reg
