@@ -1,5 +1,94 @@
-"""CLI commands (placeholder until its issue lands)."""
+"""Chromatin commands (DeepCLEM): ``train-chromatin``, ``predict-chromatin``, ``correlate``."""
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import InputError
+from .core import parse_channels, progress_bar, user_errors
 
 
 def add_commands(app) -> None:
-    """Register this module's commands on the typer ``app``."""
+    """Register the chromatin commands on the typer ``app``."""
+
+    @app.command("train-chromatin")
+    def train_chromatin(
+        data: Path = typer.Option(..., "--data", help="Folder of registered em_<id>.* / chromatin_<id>.* pairs."),
+        out: Path = typer.Option(..., "--out", "-o", help="Model folder to write (e.g. models/NAME)."),
+        source: str = typer.Option("", "--source", help="Data provenance for the model card."),
+        licence: str = typer.Option("", "--licence", help="Data licence for the model card."),
+        loo: bool = typer.Option(True, "--loo/--no-loo", help="Report leave-one-out Pearson r (trains N extra models)."),
+        loo_dir: Optional[Path] = typer.Option(None, "--loo-dir", help="Also keep the leave-one-out fold models here."),
+        patch: int = typer.Option(96, "--patch", help="Training patch size (pixels after binning)."),
+        epochs: int = typer.Option(12, "--epochs", help="Maximum epochs (early stopping on validation MSE)."),
+        steps: int = typer.Option(40, "--steps", help="Steps per epoch."),
+        bin_: int = typer.Option(2, "--bin", help="EM binning the network works at."),
+        seed: int = typer.Option(0, "--seed", help="Random seed."),
+    ) -> None:
+        """Train the chromatin U-Net; writes weights.pt and model.yaml (the model card)."""
+        from ..insilico.train import TrainConfig, train_from_dir
+
+        with user_errors():
+            cfg = TrainConfig(patch=patch, max_epochs=epochs, steps_per_epoch=steps, bin=bin_, seed=seed)
+            extra = {"data_source": source, "data_licence": licence,
+                     "command": "clem-bridge " + shlex.join(sys.argv[1:])}
+            model = train_from_dir(data, out, cfg, loo=loo, loo_dir=loo_dir, card_extra=extra,
+                                   log=lambda m: typer.echo(m, err=True))
+            r = model.card["leave_one_out_mean_pearson_r"]
+            typer.echo(f"model written to {out}" + (f"; leave-one-out Pearson r {r:.3f}" if r is not None else ""))
+
+    @app.command("predict-chromatin")
+    def predict_chromatin_cmd(
+        em: Path = typer.Argument(..., help="EM image (TIFF/PNG/JPEG)."),
+        out: Path = typer.Option(..., "--out", "-o", help="Output TIFF (float32, EM calibration)."),
+        model: str = typer.Option("chromatin-v1", "--model", help="Model name under models/ or a model folder."),
+        device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    ) -> None:
+        """Predict the chromatin stain of an EM image."""
+        from ..io import check_image, read_image, select_channel, write_tiff
+        from ..insilico.predict import predict_chromatin
+
+        with user_errors():
+            img = read_image(em)
+            grey = check_image(select_channel(img), f"EM image {img.path.name}")
+            with progress_bar() as report:
+                pred = predict_chromatin(grey, model, device=device, progress=report)
+            write_tiff(out, pred, img.pixel_size)
+            typer.echo(f"predicted chromatin written to {out}")
+
+    @app.command("correlate")
+    def correlate_cmd(
+        em: Path = typer.Argument(..., help="EM image (fixed)."),
+        chromatin: Path = typer.Argument(..., help="Measured chromatin image (moving); RGB → blue channel."),
+        out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+        channels: Optional[str] = typer.Option(None, "--channels",
+                                               help="Channels to warp, e.g. 0,2 (default all)."),
+        chromatin_channel: Optional[int] = typer.Option(None, "--chromatin-channel",
+                                                        help="Chromatin channel (default: blue of RGB, or the only one)."),
+        extra_channel: List[Path] = typer.Option([], "--extra-channel",
+                                                 help="Extra LM channel file on the chromatin grid (repeatable)."),
+        model: str = typer.Option("chromatin-v1", "--model", help="Model name under models/ or a model folder."),
+        max_rotation: float = typer.Option(180.0, "--max-rotation", help="Rotation search range ± degrees."),
+        device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    ) -> None:
+        """DeepCLEM: predict chromatin from the EM, register it to the measured chromatin, warp the channels."""
+        from ..insilico.correlate import (OVERLAY_PNG, PREDICTED_TIFF, TRANSFORM_JSON, WARPED_TIFF, SearchParams,
+                                          correlate_files)
+
+        with user_errors():
+            if not 0 <= max_rotation <= 180:
+                raise InputError(f"--max-rotation must be between 0 and 180 degrees (got {max_rotation})")
+            with progress_bar() as report:
+                reg = correlate_files(em, chromatin, out, chromatin_channel_index=chromatin_channel,
+                                      channels=parse_channels(channels),
+                                      extra_channel_paths=[str(p) for p in extra_channel], model=model,
+                                      params=SearchParams(max_rotation=max_rotation), device=device,
+                                      progress=report)
+            typer.echo(f"correlated in {reg.timings['total_s']:.1f} s; NCC {reg.metrics['ncc']:.3f}, "
+                       f"overlap {reg.metrics['overlap']:.2f}")
+            for name in (TRANSFORM_JSON, WARPED_TIFF, OVERLAY_PNG, PREDICTED_TIFF):
+                typer.echo(f"  {out / name}")

@@ -1,0 +1,327 @@
+"""Register predicted chromatin (fixed, EM grid) to measured chromatin (moving): global search + ECC refinement.
+
+1. Coarse search (:func:`coarse_search`): both images are binned to a working size; for every rotation and
+   scale on a grid the prediction is rotated/scaled into the moving frame and slid over the zero-padded
+   chromatin with ``cv2.matchTemplate`` (normalised cross-correlation, FFT), which gives the translation
+   and allows partial overlap (different fields of view).  The best candidates are re-searched on a finer
+   grid at a finer working size.
+2. Refinement (:func:`refine_ecc`): ``cv2.findTransformECC`` (affine, enhanced correlation coefficient =
+   NCC maximisation) on a two-level pyramid.  Chosen over MINE/MI refinement because the two images are
+   now of the same modality, NCC is the natural similarity, and ECC converges in well under a second at 1k².
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import cv2
+import numpy as np
+
+from .. import transforms as T
+from ..errors import Cancelled, InputError
+from ..register.mine import CancelFn, Progress, ProgressFn
+from ..result import Registration
+from ..schema import PixelSize
+from .normalize import normalize_chromatin
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """Search ranges; ``scale`` is moving pixels per fixed pixel (before any pixel-size prior)."""
+    max_rotation: float = 180.0
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    coarse_size: int = 96
+    coarse_angle_step: float = 8.0
+    coarse_scale_step: float = 0.1
+    fine_size: int = 192
+    candidates: int = 4
+    ecc_iterations: int = 200
+
+
+def _binned(img: np.ndarray, f: float) -> tuple[np.ndarray, np.ndarray]:
+    """``img`` resized by factor ``f`` (area) and the matrix mapping binned → original pixels."""
+    h, w = img.shape
+    shape = (max(8, int(round(h * f))), max(8, int(round(w * f))))
+    small = cv2.resize(img, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
+    return small, T.resize_matrix((h, w), shape)
+
+
+def _match(fixed: np.ndarray, moving: np.ndarray, lin: np.ndarray):
+    """Best translation for linear part ``lin`` (fixed→moving); returns (score, 3×3 fixed_to_moving).
+
+    The moving image is zero-padded (chromatin background) so that the warped prediction may hang over
+    its edges by half its size; windows without signal are excluded.
+    """
+    h, w = fixed.shape
+    corners = np.array([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1]], float) @ lin.T
+    lo = np.floor(corners.min(0))
+    tw, th = (np.ceil(corners.max(0) - lo).astype(int) + 1).tolist()
+    tpl = cv2.warpAffine(fixed, np.hstack([lin, -lo[:, None]]), (tw, th), flags=cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+    if float(tpl.std()) < 1e-6:
+        return -np.inf, None
+    py = max(th // 2, th - moving.shape[0] + th // 4)
+    px = max(tw // 2, tw - moving.shape[1] + tw // 4)
+    mpad = cv2.copyMakeBorder(moving, py, py, px, px, cv2.BORDER_CONSTANT, value=0.0)
+    res = cv2.matchTemplate(mpad, tpl, cv2.TM_CCOEFF_NORMED)
+    res[~np.isfinite(res)] = -1.0
+    floor = 1e-2 * float(moving.std())
+    for _ in range(8):  # OpenCV scores signal-free (constant) windows as ±1 or 0: skip those peaks
+        _, score, _, (x0, y0) = cv2.minMaxLoc(res)
+        if float(mpad[y0:y0 + th, x0:x0 + tw].std()) > floor:
+            break
+        res[max(0, y0 - 2):y0 + 3, max(0, x0 - 2):x0 + 3] = -1.0
+    out = np.eye(3)
+    out[:2, :2] = lin
+    out[:2, 2] = [x0 - px - lo[0], y0 - py - lo[1]]
+    return float(score), out
+
+
+def _lin(angle: float, scale: float) -> np.ndarray:
+    t = np.deg2rad(angle)
+    return scale * np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+
+
+def _grid_search(fixed, moving, angles, scales, prior: np.ndarray, cancelled=None):
+    """Score every (angle, scale) → list of (score, angle, scale, f2m in these images' pixels)."""
+    out = []
+    for a in angles:
+        if cancelled is not None and cancelled():
+            raise Cancelled("correlation was cancelled")
+        for s in scales:
+            score, m = _match(fixed, moving, _lin(a, s) @ prior)
+            if m is not None:
+                out.append((score, float(a), float(s), m))
+    return out
+
+
+def _angles(center: float, half: float, step: float) -> np.ndarray:
+    if half >= 180.0:
+        return np.arange(-180.0, 180.0, step)
+    n = int(np.ceil(half / step))
+    return center + step * np.arange(-n, n + 1)
+
+
+def coarse_search(fixed: np.ndarray, moving: np.ndarray, params: SearchParams = SearchParams(),
+                  prior_scale: float = 1.0, cancelled: Optional[CancelFn] = None) -> tuple[np.ndarray, float]:
+    """Global rotation/scale/translation search; returns (``fixed_to_moving`` in full pixels, NCC score).
+
+    ``prior_scale`` (e.g. fixed / moving pixel size) multiplies the searched ``params.scale_range``.
+    """
+    best = []
+    lo, hi = params.scale_range
+    # the fixed image sets the working size; the moving one is binned by the same factor × prior
+    stages = [(params.coarse_size, params.coarse_angle_step, params.coarse_scale_step, None),
+              (params.fine_size, params.coarse_angle_step / 4, params.coarse_scale_step / 4, params.candidates)]
+    for size, astep, sstep, keep in stages:
+        f = min(1.0, size / max(fixed.shape))
+        fw, bf = _binned(fixed, f)
+        mw, bm = _binned(moving, min(1.0, f * prior_scale) if prior_scale > 0 else f)
+        prior = np.linalg.inv(bm[:2, :2]) @ (prior_scale * bf[:2, :2])
+        if keep is None:
+            n = max(1, int(np.ceil(np.log(hi / lo) / np.log1p(sstep))))
+            scales = np.geomspace(lo, hi, n + 1)
+            found = _grid_search(fw, mw, _angles(0.0, params.max_rotation, astep), scales, prior, cancelled)
+        else:
+            found = []
+            for _, a, s, _m in sorted(best, key=lambda r: -r[0])[:keep]:
+                angles = _angles(a, 2 * astep, astep)
+                scales = s * np.exp(np.log1p(sstep) * np.arange(-2, 3))
+                found += _grid_search(fw, mw, angles, scales, prior, cancelled)
+        if not found:
+            raise InputError("the chromatin image is too small for this EM field of view at the searched scales")
+        best = _dedupe(found, astep)
+        score, a, s, m = max(best, key=lambda r: r[0])
+    return T.compose(bm, m, np.linalg.inv(bf)), score
+
+
+def _dedupe(found, astep):
+    """Keep local maxima only: a candidate is dropped when a better one is within 2 angle steps and 10 % scale."""
+    found = sorted(found, key=lambda r: -r[0])
+    keep = []
+    for r in found:
+        if all(abs((r[1] - k[1] + 180) % 360 - 180) > 2 * astep or abs(np.log(r[2] / k[2])) > 0.1 for k in keep):
+            keep.append(r)
+        if len(keep) >= 32:
+            break
+    return keep
+
+
+def refine_ecc(fixed: np.ndarray, moving: np.ndarray, init: np.ndarray, *, iterations: int = 200,
+               levels: int = 2) -> tuple[np.ndarray, float]:
+    """Affine ECC refinement of ``init`` (fixed→moving) on a pyramid; returns (matrix, ECC value)."""
+    m = T.as_matrix(init)
+    cc = np.nan
+    for lev in reversed(range(levels)):
+        f = 0.5 ** lev
+        fw, bf = _binned(fixed, f) if lev else (fixed, np.eye(3))
+        mw, bm = _binned(moving, f) if lev else (moving, np.eye(3))
+        w = (np.linalg.inv(bm) @ m @ bf)[:2].astype(np.float32)
+        try:
+            cc, w = cv2.findTransformECC(fw, mw, w, cv2.MOTION_AFFINE,
+                                         (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, iterations, 1e-6),
+                                         None, 5)
+        except cv2.error:
+            continue  # ECC did not converge at this level: keep the current estimate
+        m = bm @ T.as_matrix(w.astype(np.float64)) @ np.linalg.inv(bf)
+    return m, float(cc)
+
+
+def ncc(a: np.ndarray, b: np.ndarray, mask: Optional[np.ndarray] = None) -> float:
+    """Zero-normalised cross-correlation of two images (inside ``mask`` when given)."""
+    x, y = (a[mask], b[mask]) if mask is not None else (a.ravel(), b.ravel())
+    x = x.astype(np.float64) - x.mean()
+    y = y.astype(np.float64) - y.mean()
+    d = np.sqrt((x * x).sum() * (y * y).sum())
+    return float((x * y).sum() / d) if d > 0 else 0.0
+
+
+def register_chromatin(predicted: np.ndarray, chromatin: np.ndarray, *, params: SearchParams = SearchParams(),
+                       fixed_pixel_size: Optional[PixelSize] = None, moving_pixel_size: Optional[PixelSize] = None,
+                       progress: Optional[ProgressFn] = None, cancelled: Optional[CancelFn] = None) -> Registration:
+    """Register the predicted chromatin (fixed, EM grid) to the measured chromatin (moving).
+
+    With both pixel sizes the scale search is centred on their ratio and narrowed to ±25 %.
+    Metrics: ``ncc`` (prediction vs registered chromatin over the overlap), ``coarse_ncc``, ``ecc``, ``overlap``.
+    """
+    t0 = time.perf_counter()
+    fixed = normalize_chromatin(_check(predicted, "predicted chromatin"))
+    moving = normalize_chromatin(_check(chromatin, "chromatin"))
+    prior = 1.0
+    if fixed_pixel_size is not None and moving_pixel_size is not None:
+        if fixed_pixel_size.unit != moving_pixel_size.unit:
+            raise InputError(f"pixel size units differ ({fixed_pixel_size.unit} vs {moving_pixel_size.unit}); "
+                             "convert one image's calibration first")
+        prior = float(np.sqrt(fixed_pixel_size.x * fixed_pixel_size.y / (moving_pixel_size.x * moving_pixel_size.y)))
+        params = SearchParams(**{**params.__dict__, "scale_range": (0.8, 1.25)})
+    if progress:
+        progress(Progress("coarse search", 0, None, None, 0.0))
+    init, coarse = coarse_search(fixed, moving, params, prior, cancelled)
+    t1 = time.perf_counter()
+    if progress:
+        progress(Progress("ecc refinement", 0, params.ecc_iterations, coarse, 0.7))
+    if cancelled is not None and cancelled():
+        raise Cancelled("correlation was cancelled")
+    m, ecc = refine_ecc(fixed, moving, init, iterations=params.ecc_iterations)
+    t2 = time.perf_counter()
+    warped, valid = T.warp_channels([moving], m, fixed.shape)
+    q = ncc(fixed, warped[0], valid) if valid.sum() > 16 else 0.0
+    if progress:
+        progress(Progress("done", 1, 1, q, 1.0))
+    return Registration(fixed_to_moving=m, fixed_shape=tuple(fixed.shape), moving_shape=tuple(moving.shape),
+                        method="deepclem-ncc-ecc", params={**params.__dict__, "scale_prior": prior},
+                        metrics={"ncc": q, "coarse_ncc": coarse, "ecc": ecc, "overlap": float(valid.mean())},
+                        timings={"coarse_search_s": t1 - t0, "refine_s": t2 - t1},
+                        fixed_pixel_size=fixed_pixel_size, moving_pixel_size=moving_pixel_size)
+
+
+def _check(img, name: str) -> np.ndarray:
+    a = np.asarray(img)
+    if a.ndim != 2 or min(a.shape) < 16:
+        raise InputError(f"the {name} image must be 2-D and at least 16x16 pixels, got shape {a.shape}")
+    a = a.astype(np.float32)
+    if not np.all(np.isfinite(a)):
+        raise InputError(f"the {name} image contains NaN or infinite values")
+    if float(a.max() - a.min()) == 0.0:
+        raise InputError(f"the {name} image is blank (constant intensity)")
+    return a
+
+
+# --- the DeepCLEM workflow on arrays and on files ---------------------------------------
+
+PREDICTED_TIFF = "predicted_chromatin.tif"
+WARPED_TIFF = "lm_warped.tif"
+OVERLAY_PNG = "overlay.png"
+TRANSFORM_JSON = "transform.json"
+
+
+def _stage(progress: Optional[ProgressFn], start: float, end: float) -> Optional[ProgressFn]:
+    """Map a sub-task's progress fractions into ``[start, end]`` of the whole workflow."""
+    if progress is None:
+        return None
+    return lambda p: progress(Progress(p.stage, p.iteration, p.total, p.mi, start + (end - start) * p.fraction))
+
+
+def correlate(em: np.ndarray, chromatin: np.ndarray, *, model="chromatin-v1", params: SearchParams = SearchParams(),
+              em_pixel_size: Optional[PixelSize] = None, chromatin_pixel_size: Optional[PixelSize] = None,
+              device="auto", progress: Optional[ProgressFn] = None,
+              cancelled: Optional[CancelFn] = None) -> tuple[Registration, np.ndarray]:
+    """Predict chromatin from the EM and register it to the measured chromatin; returns (registration, prediction)."""
+    from .predict import predict_chromatin
+    t0 = time.perf_counter()
+    pred = predict_chromatin(em, model, device=device, progress=_stage(progress, 0.0, 0.4), cancelled=cancelled)
+    t1 = time.perf_counter()
+    reg = register_chromatin(pred, chromatin, params=params, fixed_pixel_size=em_pixel_size,
+                             moving_pixel_size=chromatin_pixel_size, progress=_stage(progress, 0.4, 1.0),
+                             cancelled=cancelled)
+    reg.timings = {"predict_s": t1 - t0, **reg.timings}
+    reg.params["model"] = str(getattr(model, "path", None) or model)
+    return reg, pred
+
+
+def chromatin_channel(n_channels: int, rgb: bool, channel: Optional[int], name: str) -> int:
+    """Index of the chromatin channel: the named one, else blue for RGB (DeepCLEM), else the only one."""
+    if channel is not None:
+        if not 0 <= channel < n_channels:
+            raise InputError(f"chromatin channel {channel} does not exist; {name} has {n_channels} channel(s)")
+        return channel
+    if rgb:
+        return 2
+    if n_channels == 1:
+        return 0
+    raise InputError(f"{name} has {n_channels} channels; name the chromatin channel (--chromatin-channel)")
+
+
+def correlate_files(em_path, chromatin_path, out_dir, *, chromatin_channel_index: Optional[int] = None,
+                    channels: Optional[list[int]] = None, extra_channel_paths=None, model="chromatin-v1",
+                    params: SearchParams = SearchParams(), device="auto", progress: Optional[ProgressFn] = None,
+                    cancelled: Optional[CancelFn] = None) -> Registration:
+    """DeepCLEM on files; writes ``transform.json``, ``predicted_chromatin.tif``, ``lm_warped.tif``, ``overlay.png``.
+
+    ``channels`` index the chromatin file's channels followed by those of ``extra_channel_paths``
+    (None = all); they are warped onto the EM grid.  The overlay shows the chromatin in blue.
+    """
+    from ..io import check_image, read_image, select_channel, write_tiff
+    from ..pipeline import load_lm_channels
+    from ..quality import DEFAULT_COLOURS, save_overlay_png
+
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output path {out} exists and is not a folder")
+    em_img = read_image(em_path)
+    if em_img.data.shape[0] > 1 and not em_img.rgb:
+        raise InputError(f"EM file {em_img.path.name} has {em_img.data.shape[0]} channels; give a single-channel EM")
+    em = check_image(select_channel(em_img), f"EM image {em_img.path.name}")
+    chans, lm_img = load_lm_channels(chromatin_path, extra_channel_paths)
+    ci = chromatin_channel(lm_img.data.shape[0], lm_img.rgb, chromatin_channel_index, lm_img.path.name)
+    chrom = check_image(chans[ci], f"chromatin channel {ci} of {lm_img.path.name}")
+    picked = list(range(len(chans))) if channels is None else [int(c) for c in channels]
+    bad = [c for c in picked if not 0 <= c < len(chans)]
+    if bad:
+        raise InputError(f"channel(s) {bad} do not exist; the chromatin image has {len(chans)} channel(s)")
+    reg, pred = correlate(em, chrom, model=model, params=params, em_pixel_size=em_img.pixel_size,
+                          chromatin_pixel_size=lm_img.pixel_size, device=device, progress=progress,
+                          cancelled=cancelled)
+    t1 = time.perf_counter()
+    reg.params.update(em_file=em_img.path.name, chromatin_file=lm_img.path.name, chromatin_channel=ci,
+                      channels=picked)
+    warped, valid = T.warp_channels([chans[i] for i in [ci] + [c for c in picked if c != ci]],
+                                    reg.fixed_to_moving, em.shape)
+    out.mkdir(parents=True, exist_ok=True)
+    write_tiff(out / PREDICTED_TIFF, pred.astype(np.float32), em_img.pixel_size)
+    by_index = dict(zip([ci] + [c for c in picked if c != ci], warped))
+    stack = [by_index[c] for c in picked]
+    if stack:
+        same = len({w.dtype for w in stack}) == 1
+        write_tiff(out / WARPED_TIFF, np.stack(stack if same else [w.astype(np.float32) for w in stack]),
+                   em_img.pixel_size)
+    others = [by_index[c] for c in picked if c != ci]
+    save_overlay_png(out / OVERLAY_PNG, em, [by_index[ci]] + others,
+                     colours=["blue"] + [DEFAULT_COLOURS[i % len(DEFAULT_COLOURS)] for i in range(len(others))],
+                     mask=valid)
+    reg.timings = {**reg.timings, "write_s": time.perf_counter() - t1, "total_s": time.perf_counter() - t0}
+    reg.save_json(out / TRANSFORM_JSON)
+    return reg

@@ -1,0 +1,149 @@
+"""Chromatin U-Net: normalisation, tiled inference, training on phantoms, model files, shipped model, CLI."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from clem_bridge import synthetic as S
+from clem_bridge import transforms as T
+from clem_bridge.cli import app
+from clem_bridge.errors import Cancelled, InputError
+from clem_bridge.insilico.normalize import normalize_em, percentile_normalize
+from clem_bridge.insilico.predict import load_model, models_root, predict_chromatin, predict_tiles
+from clem_bridge.insilico.train import TrainConfig, pearson, save_model, train_model
+from clem_bridge.insilico.unet import UNet
+from clem_bridge.io import read_image, write_tiff
+from clem_bridge.result import load_transform_json
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "deepclem"
+SHIPPED = models_root() / "chromatin-v1"
+
+
+def phantom_chromatin(pair: S.SyntheticPair) -> np.ndarray:
+    """The chromatin stain of a phantom on its EM grid (nuclei + heterochromatin, LM-like blur)."""
+    m = pair.masks
+    return cv2.GaussianBlur(0.04 + 0.12 * m["nucleus"] + 0.85 * m["heterochromatin"], (0, 0), 1.5)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny U-Net trained in seconds on two phantoms, saved as a model folder."""
+    torch.set_num_threads(1)
+    pairs = [S.make_pair((256, 256), seed=s) for s in (1, 2)]
+    cfg = TrainConfig(base=8, depth=2, bin=1, patch=64, batch=8, steps_per_epoch=20, max_epochs=5, patience=3)
+    res = train_model([(p.em, phantom_chromatin(p)) for p in pairs], cfg)
+    folder = save_model(res.model, tmp_path_factory.mktemp("models") / "tiny", {"note": "test"})
+    return res, folder
+
+
+def test_normalisation_ranges():
+    rng = np.random.default_rng(0)
+    em = rng.normal(100, 20, (64, 80)).astype(np.float32)
+    x = normalize_em(em)
+    assert x.dtype == np.float32 and x.shape == em.shape
+    assert -0.05 < np.percentile(x, 1) < 0.05 and 0.95 < np.percentile(x, 99.8) < 1.05
+    assert np.all(np.isfinite(percentile_normalize(np.full((8, 8), 3.0))))
+
+
+def test_tiles_any_size_progress_and_cancel():
+    torch.manual_seed(0)
+    net = UNet(base=4, depth=2).eval()
+    x = np.random.default_rng(1).random((37, 201), dtype=np.float32)
+    reports = []
+    y = predict_tiles(net, x, tile=64, overlap=16, batch=2, progress=reports.append)
+    assert y.shape == x.shape and np.all(np.isfinite(y))
+    assert reports[-1].fraction == 1.0 and reports[-1].iteration == reports[-1].total > 1
+    # tiles blend seamlessly: far from tile borders the tiled result equals one pass over the image
+    x2 = np.random.default_rng(2).random((64, 192), dtype=np.float32)
+    with torch.no_grad():
+        whole = net(torch.from_numpy(x2)[None, None])[0, 0].numpy()
+    tiled = predict_tiles(net, x2, tile=64, overlap=32)
+    assert np.allclose(tiled[20:44, 20:172], whole[20:44, 20:172], atol=0.05 * np.abs(whole).max())
+    with pytest.raises(Cancelled):
+        predict_tiles(net, x, tile=64, cancelled=lambda: True)
+
+
+def test_tiny_model_learns_phantom_chromatin(tiny):
+    res, folder = tiny
+    test = S.make_pair((256, 256), seed=3)
+    pred = predict_chromatin(test.em, res.model, device="cpu")
+    assert pred.shape == test.em.shape
+    r = pearson(pred, phantom_chromatin(test))
+    assert r > 0.4, f"held-out phantom Pearson r {r:.3f}"
+    assert res.history and 1 <= res.best_epoch <= len(res.history)
+
+
+def test_model_folder_round_trip(tiny, monkeypatch):
+    res, folder = tiny
+    em = S.make_pair((96, 96), seed=4).em
+    direct = predict_chromatin(em, res.model, device="cpu")
+    assert np.allclose(predict_chromatin(em, str(folder), device="cpu"), direct, atol=1e-5)
+    monkeypatch.setenv("CLEM_BRIDGE_MODELS", str(folder.parent))
+    assert load_model("tiny").card["note"] == "test"
+    with pytest.raises(InputError, match="not found"):
+        load_model("no-such-model")
+
+
+@pytest.mark.parametrize("bad", [np.full((64, 64), 7.0), np.zeros((4, 64)), np.zeros((2, 32, 32)),
+                                 np.where(np.eye(64) > 0, np.nan, 1.0)])
+def test_bad_em_is_an_input_error(tiny, bad):
+    with pytest.raises(InputError):
+        predict_chromatin(bad, tiny[0].model, device="cpu")
+
+
+@pytest.mark.skipif(not (SHIPPED / "weights.pt").is_file(), reason="shipped model models/chromatin-v1 not trained yet")
+def test_shipped_model_predicts_sample_crop():
+    model = load_model("chromatin-v1", device="cpu")
+    card = model.card
+    assert card["data_licence"] == "MIT" and len(card["leave_one_out_pearson_r"]) == 3
+    assert (SHIPPED / "weights.pt").stat().st_size < 5_000_000
+    em = np.asarray(Image.open(SHIPPED / "sample_em.png"))
+    pred = predict_chromatin(em, model, device="cpu")
+    assert pred.shape == em.shape and np.all(np.isfinite(pred))
+    lo, hi = np.percentile(pred, [1, 99.9])
+    assert -0.5 < lo < 0.3 and 0.3 < hi < 3.0, (lo, hi)   # ≈0 background, bright heterochromatin
+    if SHARED.is_dir():   # the crop's measured chromatin (training data: a sanity check, not a test score)
+        chrom = np.asarray(Image.open(SHARED / "chromatin_s6.png"))[384:640, 288:544]
+        assert pearson(pred, chrom) > 0.3
+
+
+def test_cli_predict_and_correlate(tiny, tmp_path):
+    """End to end on files: tiny model, phantom EM and a 3-channel LM under a known affine."""
+    _, folder = tiny
+    f2m = S.centred_affine((256, 256), (288, 272), rotation_deg=-12, scale=1.1, translation=(6, -4))
+    pair = S.make_pair((256, 256), fixed_to_moving=f2m, moving_shape=(288, 272), seed=5)
+    write_tiff(tmp_path / "em.tif", pair.em, pair.fixed_pixel_size)
+    lm = np.stack([pair.lm["fluorescence"], pair.lm["reflected"], pair.lm["chromatin"]])
+    write_tiff(tmp_path / "lm.tif", lm.astype(np.float32), pair.moving_pixel_size)
+    runner = CliRunner()
+    r = runner.invoke(app, ["predict-chromatin", str(tmp_path / "em.tif"), "--model", str(folder),
+                            "--out", str(tmp_path / "pred.tif"), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    img = read_image(tmp_path / "pred.tif")
+    assert img.shape == (256, 256) and img.pixel_size.x == pytest.approx(pair.fixed_pixel_size.x)
+
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["correlate", str(tmp_path / "em.tif"), str(tmp_path / "lm.tif"), "--out", str(out),
+                            "--chromatin-channel", "2", "--channels", "0,2", "--model", str(folder),
+                            "--max-rotation", "45", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    reg = load_transform_json(out / "transform.json")
+    err = T.tre(reg.fixed_to_moving, f2m, (256, 256))
+    assert err < 1.5, f"TRE {err:.2f} px"
+    assert reg.metrics["ncc"] > 0.3
+    warped = read_image(out / "lm_warped.tif")
+    assert warped.data.shape == (2, 256, 256)
+    expected, valid = T.warp_channels([pair.lm["fluorescence"]], f2m, (256, 256))
+    assert np.corrcoef(warped.data[0][valid], expected[0][valid])[0, 1] > 0.95
+    assert (out / "overlay.png").is_file() and (out / "predicted_chromatin.tif").is_file()
+
+    r = runner.invoke(app, ["correlate", str(tmp_path / "em.tif"), str(tmp_path / "lm.tif"), "--out", str(out),
+                            "--model", str(folder)])
+    assert r.exit_code == 2 and "chromatin channel" in r.output and "Traceback" not in r.output
