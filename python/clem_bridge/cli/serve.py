@@ -1,5 +1,7 @@
-"""CLI commands (placeholder until its issue lands)."""
+"""``clem-bridge serve``: the registration server (see :mod:`clem_bridge.server`)."""
 
 
 def add_commands(app) -> None:
-    """Register this module's commands on the typer ``app``."""
+    """Register ``serve`` on the typer ``app`` (the server is imported only when the command runs)."""
+    from ..server.run import serve_command
+    app.command("serve")(serve_command)

@@ -1,0 +1,157 @@
+"""HTTP client of the clem-bridge server (httpx); used by ``clem-bridge register --server`` and tests.
+
+    with Client("http://127.0.0.1:8765") as c:
+        job = c.register("em.tif", "lm.tif", preset="fast")
+        job = c.wait(job, progress=lambda j: print(j["stage"], j["progress"]))
+        record = c.result(job)                       # the transform JSON (dict)
+        c.download(job, "lm_warped.tif", "out/lm_warped.tif")
+
+Images are file paths or numpy arrays (sent as TIFF).  Every server error raises
+:class:`~clem_bridge.errors.ServerError` carrying the server's sentence, status and code; a server
+that cannot be reached raises :class:`~clem_bridge.errors.ServerUnreachable` (a ``ConnectionError``).
+"""
+from __future__ import annotations
+
+import io as _bytes_io
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+import httpx
+import numpy as np
+import tifffile
+
+from .errors import ServerError, ServerUnreachable
+from .schema import PixelSize
+
+ImageLike = Union[str, Path, np.ndarray]
+JobLike = Union[str, dict]
+TERMINAL = {"done", "failed", "cancelled", "interrupted"}
+
+
+def _job_id(job: JobLike) -> str:
+    return job["id"] if isinstance(job, dict) else str(job)
+
+
+def _part(image: ImageLike, name: str) -> tuple[str, Any, str]:
+    if isinstance(image, np.ndarray):
+        buf = _bytes_io.BytesIO()
+        tifffile.imwrite(buf, image)
+        return f"{name}.tif", buf.getvalue(), "image/tiff"
+    path = Path(image)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    return path.name, path.read_bytes(), "application/octet-stream"
+
+
+def _px(p: Optional[PixelSize | dict]) -> Optional[dict]:
+    return p.model_dump() if isinstance(p, PixelSize) else p
+
+
+class Client:
+    """A connection to one clem-bridge server; ``token`` is sent as ``Authorization: Bearer``."""
+
+    def __init__(self, url: str, token: Optional[str] = None, timeout: float = 120.0):
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, **kw) -> httpx.Response:
+        try:
+            r = self._http.request(method, "/v1" + path, **kw)
+        except httpx.TimeoutException:
+            raise ServerError(f"the server at {self.url} did not answer within the timeout", 0, "timeout") from None
+        except httpx.TransportError as e:
+            raise ServerUnreachable(f"no clem-bridge server answers at {self.url} ({type(e).__name__}); "
+                                    "start one with 'clem-bridge serve' or check the URL", 0, "unreachable") from None
+        if r.status_code >= 400:
+            try:
+                body = r.json()
+                detail, code = body["detail"], body["error"]
+            except (ValueError, KeyError, TypeError):
+                detail, code = f"HTTP {r.status_code}: {r.text[:200]}", "http_error"
+            raise ServerError(str(detail), r.status_code, str(code))
+        return r
+
+    # --- queries ----------------------------------------------------------------------------
+    def health(self) -> dict:
+        return self._request("GET", "/health").json()
+
+    def job(self, job: JobLike, wait: float = 0) -> dict:
+        """Status of a job; ``wait`` > 0 returns as soon as it finishes or after ``wait`` seconds."""
+        return self._request("GET", f"/jobs/{_job_id(job)}", params={"wait": wait},
+                             timeout=self.timeout + wait).json()
+
+    def jobs(self, status: Optional[str] = None) -> list[dict]:
+        return self._request("GET", "/jobs", params={"status": status} if status else {}).json()["jobs"]
+
+    # --- jobs -------------------------------------------------------------------------------
+    def register(self, em: ImageLike, lm: ImageLike, *, extra: Sequence[ImageLike] = (), preset: str = "fast",
+                 seed: int = 0, reg_channel: int = 0, channels: Optional[Sequence[int]] = None,
+                 em_pixel_size: Optional[PixelSize | dict] = None, lm_pixel_size: Optional[PixelSize | dict] = None,
+                 wait: float = 0) -> dict:
+        """Submit a registration (EM = fixed, LM = moving); returns the job (finished if it ended within ``wait``)."""
+        params = {"preset": preset, "seed": seed, "reg_channel": reg_channel,
+                  "channels": list(channels) if channels is not None else None,
+                  "em_pixel_size": _px(em_pixel_size), "lm_pixel_size": _px(lm_pixel_size)}
+        files = [("em", _part(em, "em")), ("lm", _part(lm, "lm"))]
+        files += [("extra", _part(x, f"extra{k}")) for k, x in enumerate(extra)]
+        return self._request("POST", "/register", files=files, data={"params": json.dumps(params)},
+                             params={"wait": wait}, timeout=self.timeout + wait).json()
+
+    def wait(self, job: JobLike, progress: Optional[Callable[[dict], None]] = None,
+             timeout: Optional[float] = None, poll: float = 1.0) -> dict:
+        """Block until the job is finished (any end state); ``progress(job)`` gets every status seen."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = poll if deadline is None else min(poll, deadline - time.monotonic())
+            status = self.job(job, wait=max(0.0, left))
+            if progress:
+                progress(status)
+            if status["status"] in TERMINAL:
+                return status
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {status['id']} is still {status['status']} after {timeout} s")
+
+    def result(self, job: JobLike) -> dict:
+        """The finished job's result (for registration: the transform JSON); ServerError if it did not finish."""
+        return self._request("GET", f"/jobs/{_job_id(job)}/result").json()
+
+    def download(self, job: JobLike, name: str, path) -> Path:
+        """Save the artifact ``name`` (e.g. 'lm_warped.tif', 'overlay.png') of a job to ``path``."""
+        r = self._request("GET", f"/jobs/{_job_id(job)}/artifacts/{name}")
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(r.content)
+        return out
+
+    def cancel(self, job: JobLike) -> dict:
+        """Cancel a queued/running job, or delete a finished one; returns ``{"id", "status"}``."""
+        return self._request("DELETE", f"/jobs/{_job_id(job)}").json()
+
+    def apply(self, images: Sequence[ImageLike] | ImageLike, fixed_to_moving, fixed_shape: Sequence[int], *,
+              interpolation: str = "bilinear", pixel_size: Optional[PixelSize | dict] = None,
+              path=None) -> np.ndarray:
+        """Warp LM image(s) onto a ``fixed_shape`` (h, w) canvas on the server; returns (C, H, W), saved if ``path``."""
+        if isinstance(images, (str, Path, np.ndarray)):
+            images = [images]
+        params = {"fixed_to_moving": np.asarray(fixed_to_moving, dtype=float).tolist(),
+                  "fixed_shape": [int(v) for v in fixed_shape], "interpolation": interpolation,
+                  "pixel_size": _px(pixel_size)}
+        files = [("images", _part(im, f"image{k}")) for k, im in enumerate(images)]
+        r = self._request("POST", "/apply", files=files, data={"params": json.dumps(params)})
+        if path is not None:
+            Path(path).write_bytes(r.content)
+        data = tifffile.imread(_bytes_io.BytesIO(r.content))
+        return data if data.ndim == 3 else data[None]

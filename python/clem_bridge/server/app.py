@@ -1,0 +1,49 @@
+"""The FastAPI application factory."""
+from __future__ import annotations
+
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from .. import __version__
+from ..device import device_label, select_device
+from . import errors
+from .guard import Guard
+from .manager import JobManager
+from .routers import apply, health, jobs, register
+from .settings import Settings, check
+from .store import JobStore
+
+DESCRIPTION = """Registration of correlative light and electron microscopy images (EM = fixed, LM = moving).
+
+Matrices follow one convention: pixel coordinates, x right, y down, origin at the centre of the
+top-left pixel; `fixed_to_moving` maps an EM pixel to an LM pixel. Every error is JSON
+`{"error": code, "detail": sentence}`. When the server has a token, every `/v1` route except
+`/v1/health` needs the header `Authorization: Bearer <token>`."""
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the app: checks settings, selects the device and recovers jobs from ``settings.data_dir``."""
+    check(settings)
+    device = select_device(settings.device)
+    store = JobStore(settings.data_dir)
+    manager = JobManager(store, device=str(device), max_queue=settings.max_queue)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        manager.start()
+        yield
+        manager.stop()
+
+    app = FastAPI(title="clem-bridge", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings, app.state.store, app.state.manager = settings, store, manager
+    app.state.device_label, app.state.started = device_label(device), time.monotonic()
+    app.state.tmp_dir = Path(settings.data_dir) / "tmp"
+    app.state.tmp_dir.mkdir(parents=True, exist_ok=True)
+    errors.install(app)
+    for module in (health, register, jobs, apply):
+        app.include_router(module.router, prefix="/v1")
+    app.add_middleware(Guard, token=settings.token, max_body=settings.max_upload_bytes)
+    return app

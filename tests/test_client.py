@@ -1,0 +1,79 @@
+"""clem_bridge.client against a real server: end-to-end registration, artifacts, apply, errors."""
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+import tifffile
+
+from clem_bridge import transforms as T
+from clem_bridge.client import Client
+from clem_bridge.errors import ServerError, ServerUnreachable
+from clem_bridge.io import read_image
+from clem_bridge.synthetic import make_pair
+from server_utils import running_server
+
+SHAPE = (128, 128)
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory):
+    with running_server(tmp_path_factory.mktemp("client") / "data", token="tok") as u:
+        yield u
+
+
+def test_register_end_to_end_recovers_the_matrix(url, tmp_path):
+    pair = make_pair(shape=SHAPE, seed=5)
+    lm = np.stack([pair.lm["reflected"], pair.lm["chromatin"]])
+    seen = []
+    with Client(url, token="tok") as c:
+        assert c.health()["status"] == "ok"
+        job = c.register(pair.em, lm, extra=[pair.lm["fluorescence"]], reg_channel=0,
+                         em_pixel_size={"x": 0.01, "y": 0.01, "unit": "um"}, seed=1)
+        assert job["status"] in ("queued", "running", "done")
+        job = c.wait(job, progress=seen.append, poll=0.5)
+        assert job["status"] == "done", job
+        rec = c.result(job)
+        err = T.tre(rec["fixed_to_moving"], pair.fixed_to_moving, SHAPE)
+        assert err < 1.0, err
+        np.testing.assert_allclose(np.asarray(rec["moving_to_fixed"]) @ np.asarray(rec["fixed_to_moving"]),
+                                   np.eye(3), atol=1e-9)
+        assert rec["fixed_shape"] == list(SHAPE) and rec["params"]["channels"] == [0, 1, 2]
+        assert all(s["status"] in ("queued", "running", "done") for s in seen) and seen[-1]["status"] == "done"
+        warped_path = c.download(job, "lm_warped.tif", tmp_path / "w.tif")
+        warped = read_image(warped_path)
+        assert warped.data.shape == (3, *SHAPE)
+        assert warped.pixel_size is not None and abs(warped.pixel_size.x - 0.01) < 1e-9
+        assert c.download(job, "overlay.png", tmp_path / "o.png").read_bytes()[:4] == b"\x89PNG"
+        # /v1/apply with the found matrix reproduces the job's warped channels
+        again = c.apply([lm, pair.lm["fluorescence"]], rec["fixed_to_moving"], SHAPE, path=tmp_path / "a.tif")
+        np.testing.assert_allclose(again, warped.data, atol=1e-4)
+        assert tifffile.imread(tmp_path / "a.tif").shape == (3, *SHAPE)
+        assert any(j["id"] == job["id"] for j in c.jobs(status="done"))
+        with pytest.raises(ServerError) as e:
+            c.download(job, "../job.json", tmp_path / "x")
+        assert e.value.status == 404
+
+
+def test_errors_carry_the_server_sentence(url):
+    with Client(url, token="tok") as c:
+        with pytest.raises(ServerError) as e:
+            c.result("0" * 32)
+        assert e.value.status == 404 and e.value.code == "not_found" and "no job" in str(e.value)
+        with pytest.raises(ServerError) as e:
+            c.register(np.zeros((64, 64), np.float32), np.ones((64, 64), np.float32))
+        assert e.value.status == 422 and "constant" in str(e.value)
+    with Client(url, token="wrong") as c, pytest.raises(ServerError) as e:
+        c.jobs()
+    assert e.value.status == 401 and "token" in str(e.value)
+
+
+def test_dead_server_is_a_clear_connection_error():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with Client(f"http://127.0.0.1:{port}", timeout=5) as c, pytest.raises(ConnectionError) as e:
+        c.health()
+    assert isinstance(e.value, ServerUnreachable)
+    assert f"no clem-bridge server answers at http://127.0.0.1:{port}" in str(e.value)
