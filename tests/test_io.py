@@ -65,6 +65,19 @@ def test_ome_tiff_pixel_size_and_units(tmp_path, cyx):
     assert img.pixel_size.x == pytest.approx(4.0) and img.pixel_size.y == pytest.approx(5.0)
 
 
+def test_sem_vendor_pixel_sizes(tmp_path):
+    """FEI/Thermo and Zeiss SEM TIFFs carry the pixel size in their own tags (34682, 34118)."""
+    em = np.zeros((32, 32), np.uint8)
+    em[::4] = 200
+    fei = "[User]\r\nDate=01/02/2024\r\n[Scan]\r\nPixelWidth=4.5e-09\r\nPixelHeight=5e-09\r\n"
+    tifffile.imwrite(tmp_path / "fei.tif", em, extratags=[(34682, "s", 0, fei, True)])
+    zeiss = "0\r\nAP_IMAGE_PIXEL_SIZE\r\nImage Pixel Size = 3.2 nm\r\nAP_WD\r\nWD = 5.0 mm\r\n"
+    tifffile.imwrite(tmp_path / "zeiss.tif", em, extratags=[(34118, "s", 0, zeiss, True)])
+    fpx = read_image(tmp_path / "fei.tif").pixel_size
+    assert fpx.unit == "nm" and fpx.x == pytest.approx(4.5) and fpx.y == pytest.approx(5.0)
+    assert read_image(tmp_path / "zeiss.tif").pixel_size == PixelSize(x=3.2, y=3.2, unit="nm")
+
+
 def test_yxc_planar_and_rgb_layouts(tmp_path, cyx):
     yxc = np.moveaxis(cyx, 0, -1)
     tifffile.imwrite(tmp_path / "yxc.tif", yxc, photometric="minisblack", planarconfig="contig")

@@ -209,7 +209,8 @@ def _to_cyx(data: np.ndarray, axes: str, shape, p: Path, rgb: bool) -> np.ndarra
 
 
 def _tiff_pixel_size(tf: tifffile.TiffFile, page) -> Optional[PixelSize]:
-    """Pixel size from OME (PhysicalSizeX/Y) or ImageJ (X/YResolution + unit=) metadata, or a cm ResolutionUnit."""
+    """Pixel size from OME (PhysicalSizeX/Y), ImageJ (X/YResolution + unit=), FEI/Thermo or Zeiss SEM
+    metadata, or a centimetre ResolutionUnit."""
     if tf.is_ome and tf.ome_metadata:
         px = _ome_pixel_size(tf.ome_metadata)
         if px is not None:
@@ -222,11 +223,31 @@ def _tiff_pixel_size(tf: tifffile.TiffFile, page) -> Optional[PixelSize]:
             return None
         yres = yres or xres
         return PixelSize(x=1.0 / xres, y=1.0 / yres, unit=unit)
+    sem = _sem_pixel_size(tf)
+    if sem is not None:
+        return sem
     unit_tag = page.tags.get("ResolutionUnit")
     if xres is not None and unit_tag is not None and int(unit_tag.value) == 3:   # centimetre
         yres = yres or xres
         return PixelSize(x=1e4 / xres, y=1e4 / yres, unit="um")
     return None     # inch/none without ImageJ/OME metadata is a display dpi, not a microscope calibration
+
+
+def _sem_pixel_size(tf: tifffile.TiffFile) -> Optional[PixelSize]:
+    """FEI/Thermo (``[Scan] PixelWidth`` in metres) or Zeiss SEM (``AP_IMAGE_PIXEL_SIZE``) pixel size."""
+    try:
+        if tf.is_fei:
+            scan = (tf.fei_metadata or {}).get("Scan") or (tf.fei_metadata or {}).get("EScan") or {}
+            x, y = float(scan["PixelWidth"]), float(scan.get("PixelHeight", scan["PixelWidth"]))
+            if x > 0 and y > 0:
+                return PixelSize(x=x * 1e9, y=y * 1e9, unit="nm")
+        if tf.is_sem:
+            entry = (tf.sem_metadata or {}).get("ap_image_pixel_size")
+            if entry and len(entry) >= 3 and normalize_unit(entry[2]) and float(entry[1]) > 0:
+                return PixelSize(x=float(entry[1]), y=float(entry[1]), unit=normalize_unit(entry[2]))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return None
 
 
 def _resolution(page, name: str) -> Optional[float]:
