@@ -67,3 +67,15 @@ def test_random_affine_is_centred_and_bounded():
         c = T.apply_to_points(a, [T.center_of((100, 200))])[0]
         assert abs(c[0] - 99.5) <= 0.15 * 200 + 1e-9 and abs(c[1] - 49.5) <= 0.15 * 100 + 1e-9
         assert 0.8 < abs(np.linalg.det(a[:2, :2])) < 1.25
+
+
+def test_coarse_lm_pixels_follow_the_scaled_affine():
+    """With lm_pixel_ratio=4 the LM is 4x coarser and the truth affine still links the two views."""
+    p = make_pair((256, 256), lm_pixel_ratio=4, seed=3)
+    assert p.lm["chromatin"].shape == (64, 64)
+    ref = cv2.GaussianBlur(p.masks["heterochromatin"], (0, 0), 8.0)
+    back, valid = T.warp_channels([p.lm["chromatin"]], p.fixed_to_moving, p.em.shape)
+    wrong = T.compose(T.from_params(translation=(3, -3)), p.fixed_to_moving)     # 3 LM px = 12 EM px
+    bad, bvalid = T.warp_channels([p.lm["chromatin"]], wrong, p.em.shape)
+    good = _ncc(back[0], ref, valid)
+    assert good > 0.9 and good - _ncc(bad[0], ref, bvalid & valid) > 0.2
