@@ -1,7 +1,10 @@
 """clem_bridge.client against a real server: end-to-end registration, artifacts, apply, errors."""
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,7 +14,8 @@ from clem_bridge import transforms as T
 from clem_bridge.client import Client
 from clem_bridge.errors import ServerError, ServerUnreachable
 from clem_bridge.io import read_image
-from clem_bridge.synthetic import make_pair
+from clem_bridge.result import load_transform_json
+from clem_bridge.synthetic import make_pair, save_pair
 from server_utils import running_server
 
 SHAPE = (128, 128)
@@ -77,3 +81,33 @@ def test_dead_server_is_a_clear_connection_error():
         c.health()
     assert isinstance(e.value, ServerUnreachable)
     assert f"no clem-bridge server answers at http://127.0.0.1:{port}" in str(e.value)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    code = "import sys; from clem_bridge.cli import main; sys.argv[0] = 'clem-bridge'; main()"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_cli_register_through_the_server(url, tmp_path):
+    pair = make_pair(shape=(64, 64), seed=2)
+    em, lm = save_pair(pair, tmp_path / "in")
+    p = _cli("register", str(em), str(lm), "-o", str(tmp_path / "out"), "--server", url, "--token", "tok")
+    assert p.returncode == 0, p.stderr
+    written = {f.name for f in (tmp_path / "out").iterdir()}
+    assert {"transform.json", "lm_warped.tif", "overlay.png", "mi_curve.png"} <= written
+    reg = load_transform_json(tmp_path / "out" / "transform.json")
+    assert T.tre(reg.fixed_to_moving, pair.fixed_to_moving, (64, 64)) < 2.0
+    assert "%" in p.stderr          # the server's progress, shown as a bar on stderr
+
+
+def test_cli_register_with_dead_server_is_one_line(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    pair = make_pair(shape=(64, 64), seed=2)
+    em, lm = save_pair(pair, tmp_path / "in")
+    p = _cli("register", str(em), str(lm), "-o", str(tmp_path / "out"), "--server", f"http://127.0.0.1:{port}")
+    assert p.returncode == 1
+    assert p.stderr.strip().splitlines() == [f"error: no clem-bridge server answers at http://127.0.0.1:{port} "
+                                             "(ConnectError); start one with 'clem-bridge serve' or check the URL"]

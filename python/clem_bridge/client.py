@@ -22,8 +22,9 @@ import httpx
 import numpy as np
 import tifffile
 
-from .errors import ServerError, ServerUnreachable
-from .schema import PixelSize
+from .errors import InputError, ServerError, ServerUnreachable
+from .result import Registration
+from .schema import PixelSize, TransformRecord
 
 ImageLike = Union[str, Path, np.ndarray]
 JobLike = Union[str, dict]
@@ -41,7 +42,7 @@ def _part(image: ImageLike, name: str) -> tuple[str, Any, str]:
         return f"{name}.tif", buf.getvalue(), "image/tiff"
     path = Path(image)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
+        raise InputError(f"file not found: {path}")
     return path.name, path.read_bytes(), "application/octet-stream"
 
 
@@ -139,6 +140,29 @@ class Client:
     def cancel(self, job: JobLike) -> dict:
         """Cancel a queued/running job, or delete a finished one; returns ``{"id", "status"}``."""
         return self._request("DELETE", f"/jobs/{_job_id(job)}").json()
+
+    def register_files(self, em, lm, out_dir, *, extra_channel_paths: Sequence = (),
+                       progress: Optional[Callable[[Any], None]] = None, **params) -> Registration:
+        """:func:`~clem_bridge.pipeline.register_files` run on the server: submit, feed the server's
+        progress to ``progress(Progress)``, download every artifact into ``out_dir``; Ctrl-C cancels the job."""
+        from .register import Progress
+        job = self.register(em, lm, extra=list(extra_channel_paths), **params)
+
+        def report(j: dict) -> None:
+            if progress and j.get("stage"):
+                progress(Progress(j["stage"], j["iteration"] or 0, j["total"], j["mi"], j["progress"]))
+        try:
+            job = self.wait(job, progress=report)
+        except KeyboardInterrupt:
+            self.cancel(job)
+            raise
+        if job["status"] != "done":
+            why = job["error"]["detail"] if job.get("error") else job["status"]
+            raise ServerError(f"server job {job['id']} ended {job['status']}: {why}", 0, job["status"])
+        rec = TransformRecord.model_validate(self.result(job))
+        for name in job["artifacts"]:
+            self.download(job, name, Path(out_dir) / name)
+        return Registration.from_record(rec)
 
     def apply(self, images: Sequence[ImageLike] | ImageLike, fixed_to_moving, fixed_shape: Sequence[int], *,
               interpolation: str = "bilinear", pixel_size: Optional[PixelSize | dict] = None,

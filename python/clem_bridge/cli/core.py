@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from ..errors import Cancelled, InputError
+from ..errors import Cancelled, InputError, ServerError
 
 
 def parse_channels(text: Optional[str]) -> Optional[list[int]]:
@@ -56,6 +56,9 @@ def user_errors():
     except (Cancelled, KeyboardInterrupt):
         typer.echo("cancelled", err=True)
         raise typer.Exit(130)
+    except ServerError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1)
 
 
 def _summary(reg, out: Path) -> None:
@@ -90,11 +93,21 @@ def add_commands(app) -> None:
         preset: str = typer.Option("fast", "--preset", help="fast (default) or thesis (published settings)."),
         seed: int = typer.Option(0, "--seed", help="Random seed (same inputs + seed = same matrix)."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+        server: Optional[str] = typer.Option(None, "--server", help="Register on a clem-bridge server at this URL "
+                                             "(its device; shows its progress)."),
+        token: Optional[str] = typer.Option(None, "--token", envvar="CLEM_BRIDGE_TOKEN", help="Token for --server."),
     ) -> None:
         """Register an LM image onto an EM image; writes transform.json, lm_warped.tif, overlay.png, mi_curve.png."""
         with user_errors():
             if preset not in ("fast", "thesis"):
                 raise InputError(f"--preset must be fast or thesis (got {preset!r})")
+            if server:
+                from ..client import Client
+                with Client(server, token=token) as client, progress_bar() as report:
+                    reg = client.register_files(em, lm, out, extra_channel_paths=extra_channel, progress=report,
+                                                reg_channel=reg_channel, channels=parse_channels(channels),
+                                                preset=preset, seed=seed)
+                return _summary(reg, out)
             reg = _register_local(em, lm, out, reg_channel=reg_channel, channels=parse_channels(channels),
                                   extra_channel_paths=[str(p) for p in extra_channel], preset=preset, seed=seed,
                                   device=device)
