@@ -47,6 +47,7 @@ def test_register_command(phantom):
 BAD_INPUT = [
     (["{em}", "{d}/missing.tif"], "error: file not found"),
     (["{em}", "{d}/notes.txt"], "error: cannot read notes.txt: not a TIFF, PNG or JPEG image"),
+    (["{em}", "{d}/trunc.tif"], "error: cannot read trunc.tif: truncated or damaged TIFF"),
     (["{em}", "{lm}", "--reg-channel", "5"], "error: registration channel 5 does not exist"),
     (["{em}", "{lm}", "--channels", "a,b"], "error: --channels must be channel numbers"),
     (["{em}", "{lm}", "--preset", "slow"], "error: --preset must be fast or thesis"),
@@ -57,6 +58,7 @@ BAD_INPUT = [
 def _expand(args, phantom):
     _, em, lm, d = phantom
     (d / "notes.txt").write_text("not an image")
+    (d / "trunc.tif").write_bytes(lm.read_bytes()[:3000])
     return [a.format(em=em, lm=lm, d=d) for a in args] + ["--out", str(d / "bad")]
 
 

@@ -44,6 +44,8 @@ def test_write_converts_unsupported_dtypes_and_ascii_unit(tmp_path):
     assert img.data.dtype == np.float32 and np.allclose(img.data[0], a, atol=1e-6)
     assert img.pixel_size == PixelSize(x=2.0, y=2.0, unit="um")
     assert read_image(write_tiff(tmp_path / "u.tif", a)).pixel_size is None
+    with pytest.raises(InputError, match="channels first"):
+        write_tiff(tmp_path / "yxc.tif", np.zeros((20, 30, 3), np.uint8))
 
 
 def test_imagej_micro_sign_and_micron_units(tmp_path, cyx):

@@ -6,8 +6,10 @@ with one sentence naming the file.
 """
 from __future__ import annotations
 
+import logging
 import re
 import xml.etree.ElementTree as ET
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -161,9 +163,21 @@ def _read_pil(p: Path, max_pixels: int):
     return arr, None, rgb
 
 
+@contextmanager
+def _quiet_tifffile():
+    """Drop tifffile's log warnings about damaged files; the InputError we raise says it once."""
+    log = logging.getLogger("tifffile")
+    drop = logging.Filter("\0")        # a name no record has: rejects everything
+    log.addFilter(drop)
+    try:
+        yield
+    finally:
+        log.removeFilter(drop)
+
+
 def _read_tiff(p: Path, max_pixels: int):
     try:
-        with tifffile.TiffFile(p) as tf:
+        with _quiet_tifffile(), tifffile.TiffFile(p) as tf:
             if not tf.series:
                 raise InputError(f"{p.name} contains no image")
             s = tf.series[0]
@@ -303,6 +317,8 @@ def write_tiff(path, array: np.ndarray, pixel_size: Optional[PixelSize] = None) 
     a = np.asarray(array)
     if a.ndim not in (2, 3) or a.size == 0:
         raise InputError(f"cannot write an image of shape {a.shape}; expected (H, W) or (C, H, W)")
+    if a.ndim == 3 and a.shape[2] <= 4 < a.shape[0]:
+        raise InputError(f"write_tiff expects channels first (C, H, W), got shape {a.shape} (looks like H, W, C)")
     if a.dtype == bool:
         a = a.astype(np.uint8)
     elif a.dtype not in (np.uint8, np.uint16, np.float32):
