@@ -32,15 +32,18 @@ def phantom_chromatin(pair: S.SyntheticPair) -> np.ndarray:
     return cv2.GaussianBlur(0.04 + 0.12 * m["nucleus"] + 0.85 * m["heterochromatin"], (0, 0), 1.5)
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A tiny U-Net trained in seconds on two phantoms, saved as a model folder."""
+def train_tiny(folder: Path):
+    """A tiny U-Net trained in seconds on two phantoms, saved as the model folder ``folder``."""
     torch.set_num_threads(1)
     pairs = [S.make_pair((256, 256), seed=s) for s in (1, 2)]
     cfg = TrainConfig(base=8, depth=2, bin=1, patch=64, batch=8, steps_per_epoch=20, max_epochs=5, patience=3)
     res = train_model([(p.em, phantom_chromatin(p)) for p in pairs], cfg)
-    folder = save_model(res.model, tmp_path_factory.mktemp("models") / "tiny", {"note": "test"})
-    return res, folder
+    return res, save_model(res.model, folder, {"note": "test"})
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return train_tiny(tmp_path_factory.mktemp("models") / "tiny")
 
 
 def test_normalisation_ranges():

@@ -140,3 +140,9 @@ def apply_transform(paths: list[Path], fixed_to_moving, fixed_shape, *, interpol
 JOB_TYPES: dict[str, JobType] = {
     "register": JobType(prepare=prepare_register, run=run_register),
 }
+
+# DeepCLEM job types (their module uses the helpers above, hence imported last)
+from .chromatin_jobs import prepare_correlate, prepare_predict, run_correlate, run_predict  # noqa: E402
+
+JOB_TYPES["predict_chromatin"] = JobType(prepare=prepare_predict, run=run_predict)
+JOB_TYPES["correlate"] = JobType(prepare=prepare_correlate, run=run_correlate)

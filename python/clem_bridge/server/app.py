@@ -12,7 +12,7 @@ from ..device import device_label, select_device
 from . import errors
 from .guard import Guard
 from .manager import JobManager
-from .routers import apply, health, jobs, register
+from .routers import apply, chromatin, health, jobs, register
 from .settings import Settings, check
 from .store import JobStore
 
@@ -43,7 +43,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.tmp_dir = Path(settings.data_dir) / "tmp"
     app.state.tmp_dir.mkdir(parents=True, exist_ok=True)
     errors.install(app)
-    for module in (health, register, jobs, apply):
+    for module in (health, register, jobs, apply, chromatin):
         app.include_router(module.router, prefix="/v1")
     app.add_middleware(Guard, token=settings.token, max_body=settings.max_upload_bytes)
     return app
