@@ -93,7 +93,7 @@ def _render_scene(h: int, w: int, rng: np.random.Generator, cell_diameter: float
     ij = np.clip(seeds.astype(int), 0, [w - 1, h - 1])
     seed_img[ij[:, 1], ij[:, 0]] = 0
     _, labels = cv2.distanceTransformWithLabels(seed_img, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
-    # labels are numbered in raster order of the seed pixels; map each to its seed index
+    # every seed pixel gets its own label (nearest-seed Voronoi); look up the label of each seed
     lab_of_seed = labels[ij[:, 1], ij[:, 0]]
     empty = rng.random(n_cells) < 0.12                                 # extracellular gaps
     lut = np.zeros(labels.max() + 1, bool)
