@@ -95,10 +95,15 @@ def center_of(shape: Shape) -> tuple[float, float]:
 
 # --- normalised grid_sample coordinates ------------------------------------------------
 
-def pixel_to_normalized(shape: Shape) -> np.ndarray:
-    """Matrix mapping pixel ``(x, y)`` to grid_sample(align_corners=True) ``[-1, 1]`` coords."""
+def pixel_to_normalized(shape: Shape, align_corners: bool = True) -> np.ndarray:
+    """Matrix mapping pixel ``(x, y)`` to grid_sample ``[-1, 1]`` coords.
+
+    ``align_corners=True``: ±1 are the centres of the border pixels; ``False``: ±1 are the outer pixel edges.
+    """
     h, w = int(shape[0]), int(shape[1])
-    return np.array([[2.0 / max(w - 1, 1), 0, -1.0], [0, 2.0 / max(h - 1, 1), -1.0], [0, 0, 1.0]])
+    if align_corners:
+        return np.array([[2.0 / max(w - 1, 1), 0, -1.0], [0, 2.0 / max(h - 1, 1), -1.0], [0, 0, 1.0]])
+    return np.array([[2.0 / w, 0, 1.0 / w - 1.0], [0, 2.0 / h, 1.0 / h - 1.0], [0, 0, 1.0]])
 
 
 def to_normalized(fixed_to_moving, fixed_shape: Shape, moving_shape: Shape) -> np.ndarray:

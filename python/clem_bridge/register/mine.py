@@ -1,8 +1,43 @@
-"""MINE registration engine (TFUDL-CLEM / DRMIME) — being written."""
+"""MINE registration engine (TFUDL-CLEM, built on DRMIME).
+
+The affine is ``expm(Σ vᵢ Bᵢ)`` over 6 basis matrices (x/y translation, rotation, isotropic scale,
+stretch, shear) in a centred frame where one unit is half the long side of the fixed image.
+Mutual information between the fixed (EM) intensities at sample points and the moving (LM)
+intensities at the mapped points is estimated by MINE: a 3-layer MLP (2 → 100 → 100 → 1, ReLU)
+trained jointly with the transform on the Donsker–Varadhan bound
+``MI ≥ E_joint[T] − log E_marginal[eᵀ]`` (marginal = moving samples shuffled).  Samples are taken
+where the EM has structure (dilated Canny edges of the blurred EM) on a Gaussian pyramid.  Where the
+mapped point leaves the moving image the value is the moving image's median grey (never zero).
+
+Two presets:
+
+* ``thesis`` — the published settings: 6 pyramid levels optimised jointly each iteration
+  (loss = Σ_levels MINE(v) + MINE(finest, v + v′)), learning rates α = 1e-5 (MINE network),
+  β = 5e-4 (coarse parameters v), γ = 1e-5 (finest-level parameters v′), AMSGrad Adam,
+  87,000 iterations, up to 1e6 samples per level, no initial search.
+* ``fast`` (default) — the same estimator and parameterisation, but a global initial search
+  (:mod:`.search`), a coarse-to-fine schedule (one level at a time), a random subset of edge
+  samples per step, stopping each level on a plateau of the MI estimate and of the parameters,
+  and the final parameters averaged over the last iterations (Polyak averaging).
+
+The result follows :mod:`clem_bridge.transforms`: ``fixed_to_moving`` maps EM pixel → LM pixel.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Optional
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..device import device_label, select_device
+from ..errors import Cancelled, InputError
+from ..result import Registration
+from ..transforms import as_matrix, center_of, pixel_to_normalized, resize_matrix, warp_image
+from .search import global_search
 
 
 @dataclass(frozen=True)
@@ -21,8 +56,360 @@ CancelFn = Callable[[], bool]
 
 @dataclass
 class MineParams:
-    pass
+    """Engine settings; build with :meth:`preset`, override fields with ``dataclasses.replace``."""
+    name: str = "fast"
+    levels: int = 4                   # pyramid levels (finest = working resolution)
+    coarsest_size: int = 96           # fast: coarsest level long side (levels are added until reached)
+    finest_size: int = 640            # fast: finest optimised level long side (the LM is blurred anyway)
+    joint_levels: bool = False        # thesis: all levels in one loss every iteration
+    fine_params: bool = False         # thesis: extra parameter set v′ for the finest level
+    lr_mine: float = 3e-3             # α
+    lr_coarse: float = 3e-3           # β (per-level decay by ``lr_decay`` in the fast schedule)
+    lr_fine: float = 1e-5             # γ
+    lr_decay: float = 0.5
+    max_iterations: int = 300         # per level (fast) or total (thesis)
+    min_iterations: int = 75          # per level (fast)
+    samples_per_step: int = 2048      # 0 = all edge samples (capped by max_samples)
+    max_samples: int = 1_000_000
+    check_every: int = 25
+    tol_px: float = 0.25              # parameter plateau: motion of window-averaged corners, level px
+    mi_tol: float = 5e-3              # MI plateau: EMA gain per check
+    average_last: int = 50            # Polyak window (0 = off)
+    global_search: bool = True
+    rotation_range_deg: float = 45.0
+    rotation_step_deg: float = 3.0
+    search_scales: tuple = (0.95, 1.0, 1.05)
+    max_shift_frac: float = 0.25
+    search_size: int = 128
+    max_working_size: int = 2048      # larger inputs are registered binned and the matrix rescaled
+    canny_sigma: float = 1.5
+    edge_dilation: int = 2
+
+    @classmethod
+    def preset(cls, name: str) -> "MineParams":
+        if name == "fast":
+            return cls()
+        if name == "thesis":
+            return cls(name="thesis", levels=6, joint_levels=True, fine_params=True, lr_mine=1e-5,
+                       lr_coarse=5e-4, lr_fine=1e-5, lr_decay=1.0, max_iterations=87_000,
+                       min_iterations=87_000, samples_per_step=0, average_last=0, global_search=False)
+        raise InputError(f"unknown preset {name!r}; use 'fast' or 'thesis'")
 
 
-def register_mine(fixed, moving, **kw):
-    raise NotImplementedError
+# --- the 6 affine basis matrices (centred frame) --------------------------------------------
+_BASIS = np.array([
+    [[0, 0, 1], [0, 0, 0], [0, 0, 0]],    # x translation
+    [[0, 0, 0], [0, 0, 1], [0, 0, 0]],    # y translation
+    [[0, -1, 0], [1, 0, 0], [0, 0, 0]],   # rotation
+    [[1, 0, 0], [0, 1, 0], [0, 0, 0]],    # isotropic scale
+    [[1, 0, 0], [0, -1, 0], [0, 0, 0]],   # stretch
+    [[0, 1, 0], [1, 0, 0], [0, 0, 0]],    # shear
+], dtype=np.float64)
+
+
+class MineNet(torch.nn.Module):
+    """T(fixed, moving): 2 → 100 → 100 → 1 with ReLU."""
+
+    def __init__(self, hidden: int = 100):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(2, hidden), torch.nn.ReLU(),
+                                       torch.nn.Linear(hidden, hidden), torch.nn.ReLU(),
+                                       torch.nn.Linear(hidden, 1))
+
+    def forward(self, f: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.stack([f, m], dim=1)).squeeze(1)
+
+
+def dv_bound(net: MineNet, f: torch.Tensor, m: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """Donsker–Varadhan MI lower bound: mean T(joint) − log mean exp T(marginal)."""
+    joint = net(f, m).mean()
+    marg = net(f, m[perm])
+    return joint - (torch.logsumexp(marg, 0) - np.log(marg.numel()))
+
+
+# --- input handling ------------------------------------------------------------------------
+
+def _check(img, name: str) -> np.ndarray:
+    a = np.asarray(img)
+    if a.ndim == 3 and a.shape[-1] in (3, 4) and a.shape[0] > 4:
+        raise InputError(f"{name} image is RGB; pass a single channel")
+    if a.ndim != 2:
+        raise InputError(f"{name} image must be 2-D (height, width), got shape {a.shape}")
+    if a.size == 0 or min(a.shape) < 16:
+        raise InputError(f"{name} image is too small ({a.shape[0]}x{a.shape[1]}); need at least 16x16 pixels")
+    if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
+        raise InputError(f"{name} image has a non-numeric pixel type {a.dtype}")
+    a = a.astype(np.float32)
+    if not np.all(np.isfinite(a)):
+        raise InputError(f"{name} image contains NaN or infinite pixels")
+    lo, hi = np.percentile(a, [0.5, 99.5])
+    if hi <= lo:
+        lo, hi = float(a.min()), float(a.max())
+    if hi <= lo:
+        raise InputError(f"{name} image is constant (no structure to register)")
+    return np.clip((a - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def _downscale(img: np.ndarray, factor: float) -> np.ndarray:
+    """Gaussian-filtered resize by 1/``factor`` (pixel-area convention of transforms.resize_matrix)."""
+    if factor <= 1.0:
+        return img
+    h, w = img.shape
+    out_shape = (max(int(round(h / factor)), 8), max(int(round(w / factor)), 8))
+    blurred = cv2.GaussianBlur(img, (0, 0), 0.5 * factor)
+    return cv2.resize(blurred, (out_shape[1], out_shape[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def edge_mask(img: np.ndarray, sigma: float = 1.5, dilation: int = 2) -> np.ndarray:
+    """Dilated Canny edges of the blurred image (where the EM has structure)."""
+    blurred = cv2.GaussianBlur(img, (0, 0), sigma)
+    u8 = np.clip(blurred * 255.0, 0, 255).astype(np.uint8)
+    gx = cv2.Sobel(u8, cv2.CV_32F, 1, 0)
+    gy = cv2.Sobel(u8, cv2.CV_32F, 0, 1)
+    mag = np.abs(gx) + np.abs(gy)
+    lo, hi = np.percentile(mag, [70, 90])
+    edges = cv2.Canny(u8, float(lo), float(max(hi, lo + 1)), L2gradient=False)
+    if dilation > 0:
+        edges = cv2.dilate(edges, np.ones((2 * dilation + 1, 2 * dilation + 1), np.uint8))
+    return edges > 0
+
+
+@dataclass
+class _Level:
+    fixed_values: torch.Tensor     # (N,) fixed intensities at sample pixels
+    frame_points: torch.Tensor     # (N, 3) homogeneous fixed-frame coordinates of the samples
+    moving: torch.Tensor           # (1, 1, H, W) moving image at this level
+    moving_grey: float
+    frame_to_grid: torch.Tensor    # (3, 3) moving frame → grid_sample coords of this level
+    fixed_px_per_unit: float       # level pixels per frame unit (for the plateau test)
+
+
+def _build_level(fixed: np.ndarray, moving: np.ndarray, factor: float, fixed_frame: np.ndarray,
+                 moving_frame: np.ndarray, p: MineParams, dev: torch.device) -> _Level:
+    f_l, m_l = _downscale(fixed, factor), _downscale(moving, factor)
+    mask = edge_mask(f_l, p.canny_sigma if factor <= 1 else 1.0, p.edge_dilation)
+    if mask.sum() < 256:
+        mask = np.ones_like(mask)
+    ys, xs = np.nonzero(mask)
+    if p.max_samples and ys.size > p.max_samples:
+        keep = np.random.default_rng(0).choice(ys.size, p.max_samples, replace=False)
+        ys, xs = ys[keep], xs[keep]
+    # level px → full px → frame
+    lvl_to_frame = fixed_frame @ resize_matrix(fixed.shape, f_l.shape)
+    pts = np.stack([xs, ys, np.ones_like(xs)], axis=1).astype(np.float64) @ lvl_to_frame.T
+    # moving frame → full moving px → level px → normalised (align_corners=True)
+    frame_to_grid = (pixel_to_normalized(m_l.shape) @ np.linalg.inv(resize_matrix(moving.shape, m_l.shape))
+                     @ np.linalg.inv(moving_frame))
+    return _Level(fixed_values=torch.from_numpy(f_l[ys, xs].astype(np.float32)).to(dev),
+                  frame_points=torch.from_numpy(pts.astype(np.float32)).to(dev),
+                  moving=torch.from_numpy(m_l).to(dev)[None, None],
+                  moving_grey=float(np.median(m_l)),
+                  frame_to_grid=torch.from_numpy(frame_to_grid.astype(np.float32)).to(dev),
+                  fixed_px_per_unit=1.0 / abs(lvl_to_frame[0, 0]))
+
+
+def _sample_moving(level: _Level, mat: torch.Tensor, idx: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    pts = level.frame_points if idx is None else level.frame_points[idx]
+    f = level.fixed_values if idx is None else level.fixed_values[idx]
+    grid = pts @ (level.frame_to_grid @ mat).T
+    g = grid[:, :2].reshape(1, 1, -1, 2)
+    ones = torch.ones_like(level.moving)
+    both = torch.cat([level.moving, ones], dim=1)
+    s = F.grid_sample(both, g, mode="bilinear", padding_mode="zeros", align_corners=True)[0, :, 0]
+    m = s[0] + (1.0 - s[1]) * level.moving_grey     # grey padding where the moving image has no data
+    return f, m
+
+
+def _expm(v: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.matrix_exp((v[:, None, None] * basis).sum(0))
+
+
+def _frames(fixed_shape, moving_shape) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel → centred frame matrices (unit = half the fixed long side, same scale for both)."""
+    r = max(fixed_shape) / 2.0
+    cf, cm = center_of(fixed_shape), center_of(moving_shape)
+    ff = np.array([[1 / r, 0, -cf[0] / r], [0, 1 / r, -cf[1] / r], [0, 0, 1.0]])
+    fm = np.array([[1 / r, 0, -cm[0] / r], [0, 1 / r, -cm[1] / r], [0, 0, 1.0]])
+    return ff, fm
+
+
+def register_mine(fixed, moving, *, preset: str = "fast", params: Optional[MineParams] = None, seed: int = 0,
+                  device: str = "auto", progress: Optional[ProgressFn] = None,
+                  cancelled: Optional[CancelFn] = None, init=None) -> Registration:
+    """Register ``moving`` (LM registration channel) onto ``fixed`` (EM) with MINE.
+
+    ``init`` is an optional 3×3 ``fixed_to_moving`` starting guess (skips the global search).
+    ``progress(Progress)`` is called during the run; ``cancelled()`` returning True raises
+    :class:`~clem_bridge.errors.Cancelled`.  Same inputs + seed + device give the same matrix.
+    """
+    t0 = time.perf_counter()
+    p = params or MineParams.preset(preset)
+    fixed_n, moving_n = _check(fixed, "fixed (EM)"), _check(moving, "moving (LM)")
+    full_fixed_shape, full_moving_shape = fixed_n.shape, moving_n.shape
+    dev = select_device(device)
+    report = progress or (lambda _p: None)
+    stop = cancelled or (lambda: False)
+
+    # working resolution (binned; matrix rescaled exactly at the end)
+    work = max(1.0, max(fixed_n.shape) / p.max_working_size)
+    fixed_w, moving_w = _downscale(fixed_n, work), _downscale(moving_n, work)
+    ff, fm = _frames(fixed_w.shape, moving_w.shape)
+
+    # pyramid factors (relative to the working images)
+    if p.joint_levels:
+        factors = [2.0 ** k for k in range(p.levels)]
+    else:
+        first = 0
+        while max(fixed_w.shape) / 2.0 ** first > p.finest_size:
+            first += 1
+        last = first
+        while last - first + 1 < p.levels and max(fixed_w.shape) / 2.0 ** (last + 1) >= p.coarsest_size:
+            last += 1
+        factors = [2.0 ** k for k in range(first, last + 1)]
+
+    timings: dict[str, float] = {}
+    init_w = None
+    if init is not None:
+        init_px = as_matrix(init)
+        init_w = (np.linalg.inv(resize_matrix(moving_n.shape, moving_w.shape)) @ init_px
+                  @ resize_matrix(fixed_n.shape, fixed_w.shape))
+    search_info = {}
+    if init_w is None and p.global_search:
+        if stop():
+            raise Cancelled("registration cancelled")
+        report(Progress("search", 0, None, None, 0.0))
+        ts = time.perf_counter()
+        s = max(1.0, max(fixed_w.shape) / p.search_size)
+        fs, ms = _downscale(fixed_w, s), _downscale(moving_w, s)
+        res = global_search(fs, ms, rotation_range_deg=p.rotation_range_deg,
+                            rotation_step_deg=p.rotation_step_deg, scales=p.search_scales,
+                            max_shift_frac=p.max_shift_frac)
+        init_w = (resize_matrix(moving_w.shape, ms.shape) @ res.fixed_to_moving
+                  @ np.linalg.inv(resize_matrix(fixed_w.shape, fs.shape)))
+        search_info = {"rotation_deg": res.rotation_deg, "scale": res.scale, "score": res.score}
+        timings["search_s"] = time.perf_counter() - ts
+        report(Progress("search", 1, 1, None, 0.05))
+    m0 = np.eye(3) if init_w is None else fm @ init_w @ np.linalg.inv(ff)   # frame → frame start
+
+    torch.manual_seed(seed)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    basis = torch.from_numpy(_BASIS.astype(np.float32)).to(dev)
+    m0_t = torch.from_numpy(m0.astype(np.float32)).to(dev)
+
+    tb = time.perf_counter()
+    levels = [_build_level(fixed_w, moving_w, fct, ff, fm, p, dev) for fct in factors]
+    timings["pyramid_s"] = time.perf_counter() - tb
+
+    v = torch.zeros(6, device=dev, requires_grad=True)
+    v_fine = torch.zeros(6, device=dev, requires_grad=True)
+    mi_curve: list[float] = []
+    level_iters: list[int] = []
+    iterations = 0
+    corners = torch.tensor([[-1, -1, 1], [1, -1, 1], [-1, 1, 1], [1, 1, 1]], dtype=torch.float32, device=dev)
+
+    def draw(level: _Level, n: int):
+        total = level.fixed_values.numel()
+        if n <= 0 or n >= total:
+            return None, torch.randperm(total, generator=gen).to(dev)
+        idx = torch.randint(total, (n,), generator=gen).to(dev)
+        return idx, torch.randperm(n, generator=gen).to(dev)
+
+    tm = time.perf_counter()
+    if p.joint_levels:
+        stages = [list(range(len(levels)))]
+    else:
+        stages = [[k] for k in reversed(range(len(levels)))]
+    budget = p.max_iterations * len(stages)
+    # fast: one network carried through the levels; thesis: one per level (+ one for the v + v′ term)
+    n_nets = len(levels) + int(p.fine_params) if p.joint_levels else 1
+    nets = [MineNet().to(dev) for _ in range(n_nets)]
+    opt_net = torch.optim.Adam([q for n_ in nets for q in n_.parameters()], lr=p.lr_mine, amsgrad=True)
+
+    for si, stage in enumerate(stages):
+        lr = p.lr_coarse * (p.lr_decay ** si)   # same step in level pixels at every level
+        groups = [{"params": [v], "lr": lr}]
+        if p.fine_params:
+            groups.append({"params": [v_fine], "lr": p.lr_fine})
+        opt_v = torch.optim.Adam(groups, amsgrad=True)
+        name = "optimise" if p.joint_levels else f"level {si + 1}/{len(stages)}"
+        finest = levels[stage[0]] if not p.joint_levels else levels[0]
+        ema, last_ema, prev_corners, calm = None, None, None, 0
+        window: list[torch.Tensor] = []
+        for it in range(p.max_iterations):
+            if stop():
+                raise Cancelled("registration cancelled")
+            mat = m0_t @ _expm(v, basis)
+            loss = torch.zeros((), device=dev)
+            mi_val = 0.0
+            for li, k in enumerate(stage):
+                idx, perm = draw(levels[k], p.samples_per_step)
+                f, m = _sample_moving(levels[k], mat, idx)
+                mi = dv_bound(nets[li if p.joint_levels else 0], f, m, perm)
+                loss = loss - mi
+                mi_val += float(mi.detach())
+            if p.fine_params:
+                idx, perm = draw(levels[0], p.samples_per_step)
+                f, m = _sample_moving(levels[0], m0_t @ _expm(v + v_fine, basis), idx)
+                loss = loss - dv_bound(nets[-1], f, m, perm)
+            opt_net.zero_grad()
+            opt_v.zero_grad()
+            loss.backward()
+            opt_net.step()
+            opt_v.step()
+            iterations += 1
+            mi_val /= len(stage)
+            mi_curve.append(mi_val)
+            ema = mi_val if ema is None else 0.95 * ema + 0.05 * mi_val
+            window.append(v.detach().clone())
+            window = window[-max(p.average_last, p.check_every):]
+            if (it + 1) % p.check_every == 0:
+                report(Progress(name, it + 1, p.max_iterations, ema,
+                                0.05 + 0.9 * min(1.0, iterations / budget)))
+                # plateau test on window-averaged parameters (robust to the stochastic jitter)
+                with torch.no_grad():
+                    c = corners @ (m0_t @ _expm(torch.stack(window[-p.check_every:]).mean(0), basis)).T
+                if prev_corners is not None and it + 1 >= p.min_iterations:
+                    moved = float((c - prev_corners)[:, :2].norm(dim=1).max()) * finest.fixed_px_per_unit
+                    flat = ema - last_ema < p.mi_tol
+                    calm = calm + 1 if (moved < p.tol_px and flat) else 0
+                    if calm >= 2 or opt_v.param_groups[0]["lr"] <= lr / 16:
+                        break
+                    if flat:   # MI has plateaued: anneal the transform's step size
+                        opt_v.param_groups[0]["lr"] *= 0.5
+                prev_corners, last_ema = c, ema
+        level_iters.append(it + 1)
+        if p.average_last:
+            with torch.no_grad():
+                v.copy_(torch.stack(window[-p.average_last:]).mean(0))
+    timings["optimise_s"] = time.perf_counter() - tm
+
+    with torch.no_grad():
+        frame_mat = m0_t.double() @ torch.linalg.matrix_exp(
+            ((v + v_fine if p.fine_params else v).double()[:, None, None] * basis.double()).sum(0))
+    a_work = np.linalg.inv(fm) @ frame_mat.cpu().numpy() @ ff
+    a_full = (resize_matrix(full_moving_shape, moving_w.shape) @ a_work
+              @ np.linalg.inv(resize_matrix(full_fixed_shape, fixed_w.shape)))
+
+    report(Progress("metrics", 0, None, None, 0.96))
+    tq = time.perf_counter()
+    metrics = registration_metrics(fixed_n, moving_n, a_full)
+    metrics.update({f"search_{k}": float(val) for k, val in search_info.items()})
+    metrics["mi_estimate"] = float(np.mean(mi_curve[-p.check_every:])) if mi_curve else 0.0
+    timings["metrics_s"] = time.perf_counter() - tq
+    timings["total_s"] = time.perf_counter() - t0
+    report(Progress("done", iterations, iterations, metrics["mi_estimate"], 1.0))
+    params_out = {k: (list(val) if isinstance(val, tuple) else val) for k, val in asdict(p).items()}
+    params_out.update(seed=seed, working_scale=work, levels_used=len(levels), stage_iterations=level_iters)
+    return Registration(fixed_to_moving=a_full, fixed_shape=tuple(full_fixed_shape),
+                        moving_shape=tuple(full_moving_shape), method=f"mine-{p.name}", params=params_out,
+                        metrics=metrics, timings=timings, mi_curve=mi_curve, iterations=iterations,
+                        device=device_label(dev))
+
+
+def registration_metrics(fixed: np.ndarray, moving: np.ndarray, fixed_to_moving) -> dict[str, float]:
+    """NCC, histogram MI and MS-SSIM between the EM and the warped LM on their overlap."""
+    from ..quality import overlap_metrics
+    from ..transforms import valid_mask
+    warped = warp_image(moving.astype(np.float32), fixed_to_moving, fixed.shape)
+    mask = valid_mask(fixed_to_moving, fixed.shape, moving.shape)
+    return overlap_metrics(fixed, warped, mask)
