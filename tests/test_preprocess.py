@@ -138,3 +138,35 @@ def test_bad_channels_and_reg_channel(pair):
         prepare_pair(pair.em, [pair.lm["reflected"], np.zeros((10, 10))], psr=PSR)
     with pytest.raises(InputError, match="reg_channel"):
         prepare_pair(pair.em, [pair.lm["reflected"]], psr=PSR, reg_channel=3)
+
+
+def _cli(*args):
+    import os
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-c", "from clem_bridge.cli import main; main()", *map(str, args)],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_prepare_command(pair, tmp_path):
+    """Calibrated files whose metadata PSR is 5 % off: prepare.json maps EM px → original LM px correctly."""
+    import json
+
+    from clem_bridge.io import read_image, write_tiff
+    em = write_tiff(tmp_path / "em.tif", np.round(pair.em * 255).astype(np.uint8), pair.fixed_pixel_size)
+    lm_stack = np.stack([np.round(pair.lm[k] * 65535).astype(np.uint16) for k in ("reflected", "chromatin")])
+    lm = write_tiff(tmp_path / "lm.tif", lm_stack, PixelSize(x=pair.moving_pixel_size.x * 1.05,
+                                                             y=pair.moving_pixel_size.y * 1.05, unit="um"))
+    r = _cli("prepare", em, lm, "--channels", "1", "--out", tmp_path / "out")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rec = json.loads((tmp_path / "out" / "prepare.json").read_text())
+    assert abs(rec["params"]["psr"] / PSR - 1) < 0.005 and rec["moving_shape"] == list(LM_SHAPE)
+    assert T.tre(rec["fixed_to_moving"], pair.fixed_to_moving, EM_SHAPE) < 1.0
+    img = read_image(tmp_path / "out" / "lm_prepared.tif")
+    assert img.data.shape == (1, *EM_SHAPE) and img.data.dtype == np.uint16
+    assert img.pixel_size.x == pytest.approx(pair.fixed_pixel_size.x)
+    np.testing.assert_allclose(img.data[0].astype(float), T.warp_image(lm_stack[1], rec["fixed_to_moving"], EM_SHAPE),
+                               atol=1)
+    bad = _cli("prepare", em, lm, "--psr", "-3", "--out", tmp_path / "bad")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1].startswith("error: the pixel size ratio must be a positive")
