@@ -269,10 +269,10 @@ def _run_ij1(path: Path, code: str, inputs: dict[str, Any], outputs: list[str]) 
     try:
         if path.suffix == ".py":
             interp = jimport("org.python.util.PythonInterpreter")()
-            interp.exec(f"import sys\nif {lib!r} not in sys.path: sys.path.insert(0, {lib!r})")
+            interp.exec_(f"import sys\nif {lib!r} not in sys.path: sys.path.insert(0, {lib!r})")
             for n, v in inputs.items():
                 interp.set(n, v)
-            interp.exec(code)
+            interp.exec_(code)
             return {n: interp.get(n) for n in outputs}
         binding = jimport("groovy.lang.Binding")()
         for n, v in inputs.items():

@@ -517,8 +517,7 @@ class Server(object):
         try:
             status = conn.getResponseCode()
         except (ConnectException, UnknownHostException, SocketTimeoutException), e:
-            raise ClemError("cannot reach the CLEM server at %s (%s); is 'clem-bridge serve' running?"
-                            % (self.url, e.getClass().getSimpleName()))
+            raise ClemError(_unreachable(self.url, e))
         except IOException as e:
             raise ClemError("cannot talk to the CLEM server at %s: %s" % (self.url, e.getMessage()))
         stream = conn.getInputStream() if status < 400 else conn.getErrorStream()
@@ -548,8 +547,7 @@ class Server(object):
                 out.write(payload)
                 out.close()
         except (ConnectException, UnknownHostException, SocketTimeoutException), e:
-            raise ClemError("cannot reach the CLEM server at %s (%s); is 'clem-bridge serve' running?"
-                            % (self.url, e.getClass().getSimpleName()))
+            raise ClemError(_unreachable(self.url, e))
         return self._finish(conn, path, raw)
 
     def post_json(self, path, obj):
@@ -594,17 +592,28 @@ class Server(object):
                 raise ClemError("the server's job %s did not finish within %d s" % (job_id, timeout_s))
 
 
-def register_on_server(server, em_imp, lm_reg_imp, preset="fast", seed=0, endpoint="/v1/register",
-                       label="CLEM registration"):
-    """Upload EM and the LM registration channel, wait for the job; returns (transform record, job)."""
+def submit_and_wait(server, endpoint, files, params, label):
+    """POST a job (multipart ``files`` [(field, filename, byte[])] + JSON ``params``), wait for it, return
+    (its result record with a checked fixed_to_moving, the job)."""
     IJ.showStatus("%s: uploading" % label)
-    files = [("em", "em.tif", tiff_bytes(em_imp)), ("lm", "lm.tif", tiff_bytes(lm_reg_imp))]
-    params = {"preset": preset, "seed": int(seed), "reg_channel": 0, "channels": [0]}
     job = server.post_multipart(endpoint, {"params": json.dumps(params)}, files)
     job = server.wait_job(job["id"], label)
     record = server.get_json("/v1/jobs/%s/result" % job["id"])
     check_matrix(record.get("fixed_to_moving"), "the server's fixed_to_moving")
     return record, job
+
+
+def register_on_server(server, em_imp, lm_reg_imp, preset="fast", seed=0, label="CLEM registration"):
+    """MINE registration of EM and the LM registration channel on the server; returns (record, job)."""
+    files = [("em", "em.tif", tiff_bytes(em_imp)), ("lm", "lm.tif", tiff_bytes(lm_reg_imp))]
+    params = {"preset": preset, "seed": int(seed), "reg_channel": 0, "channels": [0]}
+    return submit_and_wait(server, "/v1/register", files, params, label)
+
+
+def _unreachable(url, e):
+    why = {"ConnectException": "connection refused", "UnknownHostException": "unknown host",
+           "SocketTimeoutException": "no answer in time"}.get(e.getClass().getSimpleName(), e.getMessage())
+    return "cannot reach the CLEM server at %s (%s); is 'clem-bridge serve' running?" % (url, why)
 
 
 def _job_error(job):
@@ -676,15 +685,14 @@ def output_dir(path):
 
 
 def register_and_apply(server, em_imp, lm_imp, reg_channel, channels, out_dir, preset="fast", seed=0,
-                       f2m=None, record=None, endpoint="/v1/register", label="CLEM registration"):
+                       f2m=None, record=None, label="CLEM registration"):
     """Register (unless ``f2m`` is given), warp the LM ``channels`` with ImageJ, save everything in ``out_dir``.
 
     Returns (fixed_to_moving, warped ImagePlus, composite, record).  Files: transform.json,
     bigwarp_landmarks.csv, moving-bigWarp.xml, mpicbg_affine.xml, warped_channels.tif, composite.tif.
     """
     if f2m is None:
-        record, _ = register_on_server(server, em_imp, select_channels(lm_imp, [reg_channel]), preset, seed,
-                                       endpoint, label)
+        record, _ = register_on_server(server, em_imp, select_channels(lm_imp, [reg_channel]), preset, seed, label)
         f2m = check_matrix(record["fixed_to_moving"], "the server's fixed_to_moving")
     warped = warp_image(select_channels(lm_imp, channels), f2m, em_imp, "warped_" + lm_imp.getTitle())
     comp = composite(em_imp, [warped], "CLEM_" + em_imp.getTitle())
