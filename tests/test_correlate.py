@@ -29,6 +29,7 @@ def case(rotation, scale, moving_shape, seed, shift=(9.0, -6.0), lm_pixel_ratio=
     (-30.0, 0.8, (230, 300)),      # smaller, wider LM canvas
     (12.0, 1.25, (352, 330)),      # larger LM canvas
     (-8.0, (1.06, 0.95), (256, 256)),   # anisotropic scale: ECC's affine part
+    (20.0, 0.9, (480, 440)),       # LM field of view ~3x the EM's (DeepCLEM's example situation)
 ])
 def test_recovers_known_affine(rotation, scale, moving_shape):
     pair, pred, f2m = case(rotation, scale, moving_shape, seed=11)

@@ -114,13 +114,13 @@ def coarse_search(fixed: np.ndarray, moving: np.ndarray, params: SearchParams = 
     """
     best = []
     lo, hi = params.scale_range
-    # the fixed image sets the working size; the moving one is binned by the same factor × prior
+    # the fixed image sets the working size; the moving one is binned to the same physical pixel size
     stages = [(params.coarse_size, params.coarse_angle_step, params.coarse_scale_step, None),
               (params.fine_size, params.coarse_angle_step / 4, params.coarse_scale_step / 4, params.candidates)]
     for size, astep, sstep, keep in stages:
         f = min(1.0, size / max(fixed.shape))
         fw, bf = _binned(fixed, f)
-        mw, bm = _binned(moving, min(1.0, f * prior_scale) if prior_scale > 0 else f)
+        mw, bm = _binned(moving, min(1.0, f / prior_scale))
         prior = np.linalg.inv(bm[:2, :2]) @ (prior_scale * bf[:2, :2])
         if keep is None:
             n = max(1, int(np.ceil(np.log(hi / lo) / np.log1p(sstep))))
