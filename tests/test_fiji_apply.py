@@ -61,14 +61,20 @@ def test_groovy_apply_matches_python_warp(case, fmt):
     assert_same_warp(case, out)
 
 
-def test_groovy_apply_bad_transform_file_is_one_clear_line(case):
-    bad = case["root"] / "bad.csv"
-    bad.write_text('"Pt-0","true","1","2","3","4"\n')
+@pytest.mark.parametrize("name,content,message", [
+    ("bad.csv", '"Pt-0","true","1","2","3","4"\n', "an affine needs at least 3 active landmark pairs that are not on one line"),
+    ("bad.json", '{"fixed_to_moving": "identity"}', "is not a clem-bridge transform JSON"),
+    ("bad.xml", '<iict_transform class="mpicbg.trakem2.transform.AffineModel2D" data="0 0 0 0 1 1" />', "singular"),
+])
+def test_groovy_apply_bad_transform_file_is_one_clear_line(case, name, content, message):
+    bad = case["root"] / name
+    bad.write_text(content)
     r = run_script(case["app"], "Apply_CLEM_Transform.groovy",
                    f'image_file="{case["root"] / "lm.tif"}",target_file="{case["root"] / "em.tif"}",'
                    f'transform_file="{bad}",out_file="{case["root"] / "x.tif"}"')
     assert r.returncode == 2
-    assert r.stderr.strip() == "error: an affine needs at least 3 active landmark pairs that are not on one line"
+    assert r.stderr.startswith("error: ") and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "Exception" not in r.stdout + r.stderr
 
 
 def test_jython_library_reads_python_files_writes_equal_files_and_warps(case):

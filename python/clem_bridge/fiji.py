@@ -245,7 +245,8 @@ def run_script(script, args: dict[str, Any] | str | None = None) -> dict[str, An
               for n, (t, v) in bound.items()}
     outputs = [p["name"] for p in params if p["io"] in ("output", "both")]
     if backend == "pyimagej":
-        module = _state["ij"].script().run(str(path), text, True, inputs).get()
+        from scyjava import to_java
+        module = _state["ij"].script().run(str(path), text, True, to_java(inputs)).get()
         values = {n: module.getOutput(n) for n in outputs}
     else:
         values = _run_ij1(path, strip_parameters(text), inputs, outputs)

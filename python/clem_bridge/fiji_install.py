@@ -35,7 +35,8 @@ def is_fiji(app: Path) -> bool:
 
 
 def _files(src: Path) -> list[Path]:
-    return sorted(p.relative_to(src) for p in src.rglob("*")
+    """What Fiji needs: the library under ``jars/`` and the menu commands under ``scripts/``."""
+    return sorted(p.relative_to(src) for top in ("jars", "scripts") for p in (src / top).rglob("*")
                   if p.is_file() and "__pycache__" not in p.parts and not p.name.endswith((".pyc", "$py.class")))
 
 

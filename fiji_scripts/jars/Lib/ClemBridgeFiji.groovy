@@ -2,7 +2,6 @@
 //   def Clem = new GroovyClassLoader(getClass().classLoader).parseClass(new File(<Fiji.app>, "jars/Lib/ClemBridgeFiji.groovy"))
 // Same convention and file formats as clem_bridge_fiji.py: fixed_to_moving maps EM pixel -> LM pixel,
 // pixel centres at integers. Problems are IllegalArgumentException with a one-sentence message.
-import groovy.json.JsonSlurper
 import ij.ImagePlus
 import ij.ImageStack
 import ij.measure.Calibration
@@ -128,16 +127,20 @@ class ClemBridgeFiji {
         return inverse(total)
     }
 
+    /** fixed_to_moving of our transform JSON (parsed with a pattern: Fiji does not always ship groovy-json). */
+    static double[][] readJson(String path) {
+        String num = /-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?/
+        String row = /\[\s*$num\s*,\s*$num\s*,\s*$num\s*\]/
+        def m = text(path) =~ /"fixed_to_moving"\s*:\s*\[\s*($row)\s*,\s*($row)\s*(?:,\s*($row)\s*)?\]/
+        if (!m.find()) throw new IllegalArgumentException("$path is not a clem-bridge transform JSON")
+        List rows = (1..3).collect { m.group(it) }.findAll { it != null }.collect { r -> (r =~ num).collect { it } }
+        return checked(rows, "fixed_to_moving in $path")
+    }
+
     /** fixed_to_moving from our JSON, a BigWarp CSV, a SpimData XML or an mpicbg XML. */
     static double[][] readTransform(String path, Calibration fixedCal, Calibration movingCal) {
         String low = path.toLowerCase()
-        if (low.endsWith(".json")) {
-            def rec
-            try { rec = new JsonSlurper().parseText(text(path)) }
-            catch (groovy.json.JsonException e) { throw new IllegalArgumentException("$path is not a clem-bridge transform JSON") }
-            if (!(rec instanceof Map) || !rec.fixed_to_moving) throw new IllegalArgumentException("$path is not a clem-bridge transform JSON")
-            return checked(rec.fixed_to_moving as List, "fixed_to_moving in $path")
-        }
+        if (low.endsWith(".json")) return readJson(path)
         if (low.endsWith(".csv")) return readBigWarpCsv(path, fixedCal, movingCal)
         if (low.endsWith(".xml")) {
             String head = text(path)

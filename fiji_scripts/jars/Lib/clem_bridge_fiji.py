@@ -500,21 +500,26 @@ class Server(object):
             raise ClemError("invalid server URL '%s'; expected e.g. http://127.0.0.1:8000" % url)
         self.url, self.token, self.timeout_ms = url, token or None, int(timeout_s * 1000)
 
-    def _open(self, method, path):
+    def request(self, method, path, payload=None, content_type=None, read_timeout_s=None):
+        """One HTTP request; returns the JSON answer. Every failure is a one-sentence ClemError."""
         try:
             conn = URL(self.url + path).openConnection()
         except MalformedURLException:
             raise ClemError("invalid server URL %s" % self.url)
         conn.setRequestMethod(method)
         conn.setConnectTimeout(self.timeout_ms)
-        conn.setReadTimeout(self.timeout_ms)
+        conn.setReadTimeout(int(read_timeout_s * 1000) if read_timeout_s else self.timeout_ms)
         conn.setRequestProperty("Accept", "application/json")
         if self.token:
             conn.setRequestProperty("Authorization", "Bearer " + self.token)
-        return conn
-
-    def _finish(self, conn, path, raw=False):
         try:
+            if payload is not None:
+                conn.setRequestProperty("Content-Type", content_type)
+                conn.setDoOutput(True)
+                conn.setFixedLengthStreamingMode(len(payload))
+                out = conn.getOutputStream()
+                out.write(payload)
+                out.close()
             status = conn.getResponseCode()
         except (ConnectException, UnknownHostException, SocketTimeoutException), e:
             raise ClemError(_unreachable(self.url, e))
@@ -524,36 +529,13 @@ class Server(object):
         body = _read_all(stream) if stream is not None else ""
         if status >= 400:
             raise ClemError(_http_error(status, path, body, self.url))
-        if raw:
-            return body
         try:
             return json.loads(JString(body, "UTF-8").toString()) if body else {}
         except ValueError:
             raise ClemError("the server at %s did not answer JSON for %s" % (self.url, path))
 
     def get_json(self, path):
-        conn = self._open("GET", path)
-        return self._connect(conn, path)
-
-    def get_bytes(self, path):
-        conn = self._open("GET", path)
-        return self._connect(conn, path, raw=True)
-
-    def _connect(self, conn, path, raw=False, payload=None):
-        try:
-            if payload is not None:
-                conn.setDoOutput(True)
-                out = conn.getOutputStream()
-                out.write(payload)
-                out.close()
-        except (ConnectException, UnknownHostException, SocketTimeoutException), e:
-            raise ClemError(_unreachable(self.url, e))
-        return self._finish(conn, path, raw)
-
-    def post_json(self, path, obj):
-        conn = self._open("POST", path)
-        conn.setRequestProperty("Content-Type", "application/json")
-        return self._connect(conn, path, payload=JString(json.dumps(obj)).getBytes("UTF-8"))
+        return self.request("GET", path)
 
     def post_multipart(self, path, fields, files):
         """POST form ``fields`` {name: text} and ``files`` [(name, filename, byte[])] as multipart/form-data."""
@@ -570,14 +552,16 @@ class Server(object):
             buf.write(data)
             put("\r\n")
         put("--%s--\r\n" % boundary)
-        conn = self._open("POST", path)
-        conn.setRequestProperty("Content-Type", "multipart/form-data; boundary=" + boundary)
-        return self._connect(conn, path, payload=buf.toByteArray())
+        return self.request("POST", path, buf.toByteArray(), "multipart/form-data; boundary=" + boundary,
+                            read_timeout_s=900)
 
     def wait_job(self, job_id, label="CLEM", timeout_s=24 * 3600):
         """Long-poll /v1/jobs/{id} until it ends, showing stage and progress in the status bar."""
         t0 = time.time()
         while True:
+            if not is_headless() and IJ.escapePressed():
+                self.request("DELETE", "/v1/jobs/%s" % job_id)
+                raise ClemError("cancelled: the server job %s was cancelled (Esc)" % job_id)
             job = self.get_json("/v1/jobs/%s?wait=1" % job_id)
             state = job.get("status")
             IJ.showProgress(float(job.get("progress") or 0.0))
