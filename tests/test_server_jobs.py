@@ -15,7 +15,7 @@ from clem_bridge import transforms as T
 from clem_bridge.synthetic import make_pair
 from server_utils import running_server, server_process
 
-SHAPE = (64, 64)          # tiny phantoms keep the MINE engine quick on CPU
+SHAPE = (96, 96)          # small phantoms keep the MINE engine quick on CPU
 
 
 def tiff_bytes(a) -> bytes:
@@ -67,7 +67,7 @@ def test_eight_concurrent_jobs_then_restart_and_interrupt(tmp_path):
             seen_progress |= job["progress"] == 1.0 and job["stage"] is not None
             rec = httpx.get(f"{url}/v1/jobs/{job_id}/result").json()
             err = T.tre(rec["fixed_to_moving"], pairs[k].fixed_to_moving, SHAPE)
-            assert err < 2.0, (k, err)
+            assert err < 1.5, (k, err)
             assert {"transform.json", "lm_warped.tif", "overlay.png", "mi_curve.png"} <= set(job["artifacts"])
         assert seen_progress
         finished = httpx.get(f"{url}/v1/jobs/{ids[0]}/result").json()
@@ -83,7 +83,10 @@ def test_eight_concurrent_jobs_then_restart_and_interrupt(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
 
+    half_created = data / "jobs" / ("f" * 32)      # a submission cut off before it was queued
+    (half_created / "inputs").mkdir(parents=True)
     with running_server(data) as url:
+        assert not half_created.exists()
         assert httpx.get(f"{url}/v1/jobs/{ids[0]}/result").json() == finished
         job = httpx.get(f"{url}/v1/jobs/{victim}").json()
         assert job["status"] == "interrupted" and job["error"]["error"] == "interrupted"

@@ -21,7 +21,11 @@ DESCRIPTION = """Registration of correlative light and electron microscopy image
 Matrices follow one convention: pixel coordinates, x right, y down, origin at the centre of the
 top-left pixel; `fixed_to_moving` maps an EM pixel to an LM pixel. Every error is JSON
 `{"error": code, "detail": sentence}`. When the server has a token, every `/v1` route except
-`/v1/health` needs the header `Authorization: Bearer <token>`."""
+`/v1/health` needs the header `Authorization: Bearer <token>`.
+
+Jobs live under the data dir and survive restarts: a job that was running when the server stopped
+is reported `interrupted`; queued jobs are queued again. `DELETE /v1/jobs/{id}` cancels a queued or
+running job (between iterations) and deletes a finished one."""
 
 
 def create_app(settings: Settings) -> FastAPI:

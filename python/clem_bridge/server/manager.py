@@ -109,7 +109,10 @@ class JobManager:
             return queued, int(self._running is not None)
 
     def retry_after(self) -> int:
-        mean = sum(self._durations) / len(self._durations) if self._durations else 10.0
+        """Seconds until a queue slot is likely free: mean recent run time × jobs waiting (10 s unknown)."""
+        with self._lock:
+            runs = list(self._durations)
+        mean = sum(runs) / len(runs) if runs else 10.0
         return int(min(3600, max(1, math.ceil(mean * max(1, self.counts()[0])))))
 
     def check_capacity(self) -> None:
@@ -128,8 +131,7 @@ class JobManager:
     # --- changes ---------------------------------------------------------------------------
     def enqueue(self, job: Job) -> Job:
         with self._lock:
-            if sum(j.status == JobState.queued for j in self._jobs.values()) >= self.max_queue:
-                raise QueueFull(self.retry_after())
+            self.check_capacity()
             self.store.save(job)
             self._jobs[job.id] = job
             self._cancel[job.id] = threading.Event()

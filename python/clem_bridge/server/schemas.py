@@ -76,6 +76,10 @@ class RegisterParams(BaseModel):
         "to warp; default all")
     em_pixel_size: Optional[PixelSize] = Field(None, description="overrides the EM file's calibration")
     lm_pixel_size: Optional[PixelSize] = Field(None, description="overrides the LM file's calibration")
+    prepare: bool = Field(False, description="first find the EM field of view in the LM (pixel-size ratio, crop, "
+                          "rotation); the result still maps EM pixels to original LM pixels")
+    psr: Optional[float] = Field(None, gt=0, le=1000, description="with prepare: LM/EM pixel size ratio used as "
+                                 "is (default: the calibrations' ratio, refined automatically)")
 
 
 class ApplyParams(BaseModel):

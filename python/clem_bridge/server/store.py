@@ -47,11 +47,14 @@ class JobStore:
         os.replace(tmp, path)
 
     def load_all(self) -> list[Job]:
-        """Every readable job, oldest first; unreadable or half-created job dirs are skipped with a warning."""
+        """Every readable job, oldest first (call at start-up only: half-created job dirs are removed)."""
         jobs = []
         for d in self.root.iterdir():
             path = d / "job.json"
-            if not (JOB_ID.match(d.name) and path.is_file()):
+            if not JOB_ID.match(d.name):
+                continue
+            if not path.is_file():      # a submission cut off before it was queued
+                shutil.rmtree(d, ignore_errors=True)
                 continue
             try:
                 jobs.append(Job.model_validate_json(path.read_text()))
