@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 
 import httpx
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 import tifffile
 
 from clem_bridge import transforms as T
+from clem_bridge.synthetic import make_pair
 from server_utils import running_server, server_process
 
 MAX_PIXELS = 300_000
@@ -92,6 +94,16 @@ def test_oversized_upload_is_413(url):
         pytest.fail(f"server did not answer the oversized upload: {e!r}")
     assert r.status_code == 413 and r.json()["error"] == "payload_too_large"
 
+    def streamed():   # chunked, no Content-Length: the limit is enforced while the body is read
+        yield b'--XX\r\nContent-Disposition: form-data; name="em"; filename="a.tif"\r\n\r\n'
+        for _ in range(48):
+            yield bytes(65536)
+        yield b"\r\n--XX--\r\n"
+    r = httpx.post(url + "/v1/register", content=streamed(),
+                   headers={"content-type": "multipart/form-data; boundary=XX"})
+    assert r.request.headers["transfer-encoding"] == "chunked"
+    assert r.status_code == 413 and r.json()["error"] == "payload_too_large"
+
 
 def test_missing_part_unknown_route_and_job(url):
     r = httpx.post(url + "/v1/register", files={"em": ("em.tif", TIFF)})
@@ -156,9 +168,17 @@ def test_token_is_enforced_off_loopback(tmp_path):
         assert httpx.get(url + "/v1/jobs", headers={"Authorization": "Bearer s3cret"}).status_code == 200
 
 
-def test_ctrl_c_shuts_down_cleanly(tmp_path):
+def test_ctrl_c_shuts_down_cleanly_and_marks_the_running_job(tmp_path):
+    pair = make_pair(shape=(128, 128), seed=4)
     with server_process(tmp_path / "data") as (proc, url):
+        job = post_register(url, tiff_bytes(pair.em), tiff_bytes(pair.lm["reflected"])).json()["id"]
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{url}/v1/jobs/{job}").json()["status"] != "running" and time.monotonic() < deadline:
+            time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
     log = next(tmp_path.glob("*.log")).read_text()
-    assert "Traceback" not in log
+    assert "Traceback" not in log and "server stopped" in log
+    with running_server(tmp_path / "data") as url:
+        status = httpx.get(f"{url}/v1/jobs/{job}").json()
+        assert status["status"] == "interrupted" and "shut down" in status["error"]["detail"]
