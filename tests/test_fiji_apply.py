@@ -32,17 +32,21 @@ def case(tmp_path_factory):
                        moving_pixel_size=pair.moving_pixel_size)
     files = {k: str(v) for k, v in export.write_all(reg, root / "py", moving_file="lm.tif").items()}
     files["json"] = str(reg.save_json(root / "py" / "transform.json"))
-    return {"root": root, "app": make_fiji_app(root), "em": em, "lm": lm, "reg": reg, "files": files}
+    rgb = np.stack([(lm[0] >> 8).astype(np.uint8), (lm[1] >> 8).astype(np.uint8), np.full(lm.shape[1:], 77, np.uint8)])
+    tifffile.imwrite(root / "rgb.tif", np.moveaxis(rgb, 0, -1), photometric="rgb")
+    return {"root": root, "app": make_fiji_app(root), "em": em, "lm": lm, "rgb": rgb, "reg": reg, "files": files}
 
 
-def assert_same_warp(case, out_path, order="bilinear"):
+def assert_same_warp(case, out_path, lm=None):
+    lm = case["lm"] if lm is None else lm
     got = tifffile.imread(out_path)
     got = got[None] if got.ndim == 2 else got
+    assert got.shape[0] == lm.shape[0]
     f2m = case["reg"].fixed_to_moving
-    mask = transforms.valid_mask(f2m, case["em"].shape, case["lm"].shape[1:])
+    mask = transforms.valid_mask(f2m, case["em"].shape, lm.shape[1:])
     assert 0.3 < mask.mean() < 1.0  # part of the EM is outside the LM field: edges are exercised
-    for c in range(case["lm"].shape[0]):
-        ref = transforms.warp_image(case["lm"][c], f2m, case["em"].shape, order=order).astype(float)
+    for c in range(lm.shape[0]):
+        ref = transforms.warp_image(lm[c], f2m, case["em"].shape).astype(float)
         diff = got[c].astype(float) - ref
         rms = float(np.sqrt(np.mean(diff[mask] ** 2)))
         assert rms < 0.05, f"channel {c}: RMS {rms} grey levels inside the valid region"
@@ -59,6 +63,15 @@ def test_groovy_apply_matches_python_warp(case, fmt):
                    f'transform_file="{case["files"][fmt]}",out_file="{out}"')
     assert r.returncode == 0, r.stderr
     assert_same_warp(case, out)
+
+
+def test_groovy_apply_rgb_lm_gives_three_channels(case):
+    out = case["root"] / "warped_rgb.tif"
+    r = run_script(case["app"], "Apply_CLEM_Transform.groovy",
+                   f'image_file="{case["root"] / "rgb.tif"}",target_file="{case["root"] / "em.tif"}",'
+                   f'transform_file="{case["files"]["json"]}",out_file="{out}"')
+    assert r.returncode == 0, r.stderr
+    assert_same_warp(case, out, case["rgb"])
 
 
 @pytest.mark.parametrize("name,content,message", [
@@ -90,6 +103,7 @@ read = dict((k, clem.read_transform(p, fc, mc)) for k, p in files.items())
 f2m = read["json"]
 clem.write_transform_files({str(root / 'jy')!r}, f2m, em, lm, "lm.tif")
 clem.save_tiff(clem.warp_image(lm, f2m, em), {str(root / 'jy_warped.tif')!r})
+clem.save_tiff(clem.warp_image(IJ.openImage({str(root / 'rgb.tif')!r}), f2m, em), {str(root / 'jy_rgb.tif')!r})
 print(json.dumps(read))
 """
     r = run_jython(case["app"], code)
@@ -115,3 +129,4 @@ print(json.dumps(read))
     np.testing.assert_allclose(json.loads((root / "jy" / "transform.json").read_text())["fixed_to_moving"],
                                case["reg"].fixed_to_moving, atol=1e-12)
     assert_same_warp(case, root / "jy_warped.tif")
+    assert_same_warp(case, root / "jy_rgb.tif", case["rgb"])

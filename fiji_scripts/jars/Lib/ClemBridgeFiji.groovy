@@ -166,13 +166,15 @@ class ClemBridgeFiji {
         return out
     }
 
-    /** Every channel of lm warped onto em's canvas, with em's calibration. */
+    /** Every channel of lm (red, green, blue of an RGB image) warped onto em's canvas, with em's calibration. */
     static ImagePlus warpImage(ImagePlus lm, double[][] f2m, ImagePlus em) {
+        List<ImageProcessor> procs = (1..lm.stackSize).collect { lm.stack.getProcessor(it) }
+        if (lm.type == ImagePlus.COLOR_RGB) procs = procs.collectMany { ip -> (1..3).collect { ((ij.process.ColorProcessor) ip).getChannel(it, null) } }
         def stack = new ImageStack(em.width, em.height)
-        for (int i = 1; i <= lm.stackSize; i++) {
-            ij.IJ.showStatus("CLEM: warping channel $i/${lm.stackSize}")
-            ij.IJ.showProgress(i - 1, lm.stackSize)
-            stack.addSlice(lm.stack.getSliceLabel(i), warp(lm.stack.getProcessor(i), f2m, em.width, em.height))
+        procs.eachWithIndex { ImageProcessor ip, int i ->
+            ij.IJ.showStatus("CLEM: warping channel ${i + 1}/${procs.size()}")
+            ij.IJ.showProgress(i, procs.size())
+            stack.addSlice("C$i", warp(ip, f2m, em.width, em.height))
         }
         ij.IJ.showProgress(1.0)
         def out = new ImagePlus("warped_" + lm.title, stack)

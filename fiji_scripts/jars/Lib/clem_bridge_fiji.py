@@ -142,9 +142,12 @@ def warp_processor(ip, fixed_to_moving, width, height):
 
 
 def channel_processors(imp):
-    """The 2-D processors of every channel (or slice) of an ImagePlus."""
+    """The 2-D processors of every channel (or slice) of an ImagePlus; an RGB image gives red, green, blue."""
     stack = imp.getStack()
-    return [stack.getProcessor(i + 1) for i in range(stack.getSize())]
+    procs = [stack.getProcessor(i + 1) for i in range(stack.getSize())]
+    if imp.getType() == ImagePlus.COLOR_RGB:
+        procs = [ip.getChannel(c, None) for ip in procs for c in (1, 2, 3)]
+    return procs
 
 
 def warp_image(lm_imp, fixed_to_moving, em_imp, title=None):
@@ -154,7 +157,7 @@ def warp_image(lm_imp, fixed_to_moving, em_imp, title=None):
     procs = channel_processors(lm_imp)
     for i, ip in enumerate(procs):
         IJ.showStatus("CLEM: warping channel %d/%d" % (i + 1, len(procs)))
-        stack.addSlice(lm_imp.getStack().getSliceLabel(i + 1), warp_processor(ip, fixed_to_moving, w, h))
+        stack.addSlice("C%d" % i, warp_processor(ip, fixed_to_moving, w, h))
     out = ImagePlus(title or ("warped_" + lm_imp.getTitle()), stack)
     if stack.getSize() > 1:
         out.setDimensions(stack.getSize(), 1, 1)
@@ -169,7 +172,7 @@ def composite(em_imp, warped_imps, title="CLEM overlay"):
     stack.addSlice("EM", em_imp.getProcessor().convertToFloat())
     for imp in warped_imps:
         for i, ip in enumerate(channel_processors(imp)):
-            stack.addSlice(imp.getStack().getSliceLabel(i + 1) or imp.getTitle(), ip.convertToFloat())
+            stack.addSlice("%s C%d" % (imp.getTitle(), i), ip.convertToFloat())
     imp = ImagePlus(title, stack)
     imp.setDimensions(stack.getSize(), 1, 1)
     comp = CompositeImage(imp, CompositeImage.COMPOSITE)
@@ -202,14 +205,17 @@ def open_image(path, what="image"):
 def select_channels(imp, channels):
     """ImagePlus of the 0-based ``channels`` (list or comma-separated text; empty = all) of a stack."""
     if isinstance(channels, basestring):
-        channels = [int(c) for c in channels.replace(" ", "").split(",") if c != ""]
-    n = imp.getStackSize()
-    channels = list(channels) if channels else range(n)
+        try:
+            channels = [int(c) for c in channels.replace(" ", "").split(",") if c != ""]
+        except ValueError:
+            raise ClemError("channels must be numbers like 0,2 (got %r)" % str(channels))
+    procs = channel_processors(imp)
+    channels = list(channels) if channels else range(len(procs))
     stack = ImageStack(imp.getWidth(), imp.getHeight())
     for c in channels:
-        if not 0 <= c < n:
-            raise ClemError("channel %d does not exist in %s (it has %d)" % (c, imp.getTitle(), n))
-        stack.addSlice(imp.getStack().getSliceLabel(c + 1) or "C%d" % c, imp.getStack().getProcessor(c + 1))
+        if not 0 <= c < len(procs):
+            raise ClemError("channel %d does not exist in %s (it has %d)" % (c, imp.getTitle(), len(procs)))
+        stack.addSlice("C%d" % c, procs[c])
     out = ImagePlus(imp.getTitle(), stack)
     out.setCalibration(imp.getCalibration().copy())
     return out
