@@ -149,6 +149,13 @@ def test_apply_bad_params_are_422(url, params, words):
     assert r.status_code == 422 and words in r.json()["detail"], r.text
 
 
+def test_second_server_on_the_same_data_dir_refuses_to_start(tmp_path):
+    with running_server(tmp_path / "data"):
+        p = subprocess.run([sys.executable, "-m", "clem_bridge.server", "--port", "0",
+                            "--data-dir", str(tmp_path / "data")], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "error: another clem-bridge server is using the data dir" in p.stderr
+
+
 def test_non_loopback_without_token_refuses_to_start(tmp_path):
     p = subprocess.run([sys.executable, "-m", "clem_bridge.server", "--host", "0.0.0.0", "--port", "0",
                         "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
@@ -166,6 +173,9 @@ def test_token_is_enforced_off_loopback(tmp_path):
         r = httpx.post(url + "/v1/register", files={"em": ("e.tif", TIFF), "lm": ("l.tif", TIFF)})
         assert r.status_code == 401
         assert httpx.get(url + "/v1/jobs", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        spec = httpx.get(url + "/openapi.json").json()      # documented for /docs' "Authorize"
+        assert spec["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}
+        assert spec["paths"]["/v1/jobs"]["get"]["security"] == [{"bearer": []}]
 
 
 def test_ctrl_c_shuts_down_cleanly_and_marks_the_running_job(tmp_path):

@@ -1,6 +1,7 @@
 """The FastAPI application factory."""
 from __future__ import annotations
 
+import shutil
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -28,6 +29,22 @@ is reported `interrupted`; queued jobs are queued again. `DELETE /v1/jobs/{id}` 
 running job (between iterations) and deletes a finished one."""
 
 
+def _document_bearer(app: FastAPI) -> None:
+    """Declare the bearer token (enforced by :class:`Guard`) in the OpenAPI schema, so ``/docs`` can send it."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = build()
+            schema.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+            for path, operations in schema["paths"].items():
+                for op in operations.values():
+                    op["security"] = [] if path == "/v1/health" else [{"bearer": []}]
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+
 def create_app(settings: Settings) -> FastAPI:
     """Build the app: checks settings, selects the device and recovers jobs from ``settings.data_dir``."""
     check(settings)
@@ -44,10 +61,13 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="clem-bridge", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings, app.state.store, app.state.manager = settings, store, manager
     app.state.device_label, app.state.started = device_label(device), time.monotonic()
-    app.state.tmp_dir = Path(settings.data_dir) / "tmp"
-    app.state.tmp_dir.mkdir(parents=True, exist_ok=True)
+    app.state.tmp_dir = Path(settings.data_dir) / "tmp"        # /v1/apply scratch; leftovers of a crash go
+    shutil.rmtree(app.state.tmp_dir, ignore_errors=True)
+    app.state.tmp_dir.mkdir(parents=True)
     errors.install(app)
     for module in (health, register, jobs, apply, chromatin):
         app.include_router(module.router, prefix="/v1")
     app.add_middleware(Guard, token=settings.token, max_body=settings.max_upload_bytes)
+    if settings.token:
+        _document_bearer(app)
     return app

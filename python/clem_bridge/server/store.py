@@ -8,6 +8,7 @@ import shutil
 import uuid
 from pathlib import Path
 
+from ..errors import InputError
 from .schemas import Job
 
 log = logging.getLogger("clem_bridge.server")
@@ -15,10 +16,27 @@ JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 ARTIFACT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
+def _lock_dir(data_dir: Path):
+    """Hold an exclusive lock on ``data_dir/server.lock`` for the life of the process (POSIX only)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    handle = open(data_dir / "server.lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise InputError(f"another clem-bridge server is using the data dir {data_dir}; stop it or choose "
+                         "another --data-dir") from None
+    return handle
+
+
 class JobStore:
     def __init__(self, data_dir: Path):
         self.root = Path(data_dir) / "jobs"
         self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock_dir(Path(data_dir))
 
     @staticmethod
     def new_id() -> str:
