@@ -15,7 +15,7 @@ import time
 from java.awt import Color, GraphicsEnvironment
 from java.io import ByteArrayOutputStream, File, IOException
 from java.lang import String as JString, System
-from java.net import ConnectException, HttpURLConnection, MalformedURLException, SocketTimeoutException, \
+from java.net import ConnectException, MalformedURLException, SocketTimeoutException, \
     UnknownHostException, URL
 from javax.xml.parsers import DocumentBuilderFactory
 from jarray import zeros
@@ -527,7 +527,7 @@ class Server(object):
                 out.write(payload)
                 out.close()
             status = conn.getResponseCode()
-        except (ConnectException, UnknownHostException, SocketTimeoutException), e:
+        except (ConnectException, UnknownHostException, SocketTimeoutException) as e:
             raise ClemError(_unreachable(self.url, e))
         except IOException as e:
             raise ClemError("cannot talk to the CLEM server at %s: %s" % (self.url, e.getMessage()))
