@@ -59,13 +59,13 @@ def assert_clean_failure(r, *needles):
     assert not re.search(r"Traceback|Exception|\tat [a-z]", out), out
 
 
-def assert_warp_matches(warped_path, lm, f2m, em_shape):
+def assert_warp_matches(warped_path, lm, f2m, em_shape, reference=None):
     got = tifffile.imread(warped_path)
     got = got[None] if got.ndim == 2 else got
     mask = transforms.valid_mask(f2m, em_shape, lm.shape[1:])
     assert mask.mean() > 0.3
     for c in range(lm.shape[0]):
-        ref = transforms.warp_image(lm[c], f2m, em_shape).astype(float)
+        ref = (transforms.warp_image(lm[c], f2m, em_shape) if reference is None else reference[c]).astype(float)
         rms = float(np.sqrt(np.mean((got[c].astype(float) - ref)[mask] ** 2)))
         assert rms < 0.05, f"channel {c}: RMS {rms} grey levels"
         assert np.all(got[c][~mask] == 0)
@@ -83,6 +83,7 @@ def test_register_script_end_to_end(env):
     assert io.read_image(out / "warped_channels.tif").pixel_size.x == pytest.approx(
         env["pair"].fixed_pixel_size.x, rel=1e-5)
     assert tifffile.imread(out / "composite.tif").shape == (3, 256, 256)  # EM + 2 LM channels
+    assert io.read_image(out / "composite.tif").pixel_size.x == pytest.approx(env["pair"].fixed_pixel_size.x, rel=1e-5)
 
     # transform files written in Fiji == Python's export of the same record == the server's artifacts
     headers = {"Authorization": f"Bearer {TOKEN}"}
@@ -101,6 +102,12 @@ def test_register_script_end_to_end(env):
             np.testing.assert_allclose(export.read_transform(out / name, **ps), export.read_transform(other, **ps),
                                        atol=1e-9, err_msg=name)
         np.testing.assert_allclose(export.read_transform(out / name, **ps), f2m, atol=1e-9)
+    # the server's own (Python) warp of the registration channel == Fiji's warp of it
+    server_warp = root / "server_lm_warped.tif"
+    server_warp.write_bytes(httpx.get(f'{env["url"]}/v1/jobs/{job["id"]}/artifacts/lm_warped.tif',
+                                      headers=headers).content)
+    assert_warp_matches(out / "warped_channels.tif", env["lm"][:1], f2m, env["em"].shape,
+                        reference=tifffile.imread(server_warp).reshape(1, *env["em"].shape))
     fiji_rows, py_rows = (export.read_bigwarp_landmarks(p / "bigwarp_landmarks.csv") for p in (out, py))
     np.testing.assert_allclose(fiji_rows, py_rows, rtol=1e-12, atol=1e-12)
 

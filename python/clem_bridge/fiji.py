@@ -133,6 +133,7 @@ def start(fiji_dir: Optional[str] = None) -> str:
         except ImportError:
             raise InputError("a Fiji.app was given but PyImageJ is not installed (pip install pyimagej)") from None
         _state["ij"] = imagej.init(str(fiji_dir), mode="headless")
+        _state["fiji_dir"] = str(fiji_dir)
         _state["backend"] = "pyimagej"
         return "pyimagej"
     missing = [p for p in JARS.values() if not Path(p).is_file()]
@@ -246,6 +247,9 @@ def run_script(script, args: dict[str, Any] | str | None = None) -> dict[str, An
     outputs = [p["name"] for p in params if p["io"] in ("output", "both")]
     if backend == "pyimagej":
         from scyjava import to_java
+        if not (Path(_state["fiji_dir"]) / "jars" / "Lib" / "clem_bridge_fiji.py").is_file():
+            raise InputError(f"clem-bridge is not installed in {_state['fiji_dir']}; run: clem-bridge install-fiji "
+                             f"{_state['fiji_dir']}")
         module = _state["ij"].script().run(str(path), text, True, to_java(inputs)).get()
         values = {n: module.getOutput(n) for n in outputs}
     else:

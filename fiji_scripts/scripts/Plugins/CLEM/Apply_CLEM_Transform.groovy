@@ -24,7 +24,9 @@ def open(File f, String what) {
 
 warped = null
 try {
-    def app = System.getProperty("imagej.dir") ?: System.getProperty("fiji.dir") ?: IJ.getDirectory("imagej")
+    def plugins = System.getProperty("plugins.dir")  // PyImageJ sets only this one: <Fiji.app>/plugins
+    def app = System.getProperty("imagej.dir") ?: System.getProperty("fiji.dir") ?: System.getProperty("ij.dir") ?:
+            (plugins ? new File(plugins).parent : IJ.getDirectory("imagej"))
     def helper = new File(app, "jars/Lib/ClemBridgeFiji.groovy")
     if (!helper.isFile()) throw new IllegalArgumentException("the clem-bridge helper $helper is missing; run clem-bridge install-fiji again")
     def Clem = new GroovyClassLoader(getClass().classLoader).parseClass(helper)
