@@ -22,7 +22,7 @@ from jarray import zeros
 
 from ij import CompositeImage, IJ, ImagePlus, ImageStack
 from ij.io import FileSaver
-from ij.process import LUT
+from ij.process import FloatProcessor, LUT
 
 EPS = 1e-6
 MPICBG_AFFINE = "mpicbg.trakem2.transform.AffineModel2D"
@@ -122,22 +122,22 @@ def warp_processor(ip, fixed_to_moving, width, height):
     """
     a = fixed_to_moving
     w, h = ip.getWidth(), ip.getHeight()
-    out = ip.createProcessor(width, height)
-    out.setValue(0)
-    out.fill()
     ip.setInterpolationMethod(ip.BILINEAR)
-    get, put = ip.getInterpolatedValue, out.putPixelValue
+    get = ip.getInterpolatedValue
+    pixels = zeros(width * height, "f")
     xmax, ymax = w - 1 + EPS, h - 1 + EPS
     for y in xrange(height):
-        bx, by = a[0][1] * y + a[0][2], a[1][1] * y + a[1][2]
+        bx, by, row = a[0][1] * y + a[0][2], a[1][1] * y + a[1][2], y * width
         for x in xrange(width):
             xm = a[0][0] * x + bx
             ym = a[1][0] * x + by
             if -EPS <= xm <= xmax and -EPS <= ym <= ymax:
-                put(x, y, get(xm, ym))
+                pixels[row + x] = get(xm, ym)
         if y % 64 == 0:
             IJ.showProgress(y, height)
     IJ.showProgress(1.0)
+    out = ip.createProcessor(width, height)
+    out.setPixels(0, FloatProcessor(width, height, pixels))  # rounds (+0.5) and clips for 8/16-bit
     return out
 
 
