@@ -100,7 +100,7 @@ class JobManager:
 
     def list(self) -> list[Job]:
         with self._lock:
-            return [j.model_copy(update={"result": None}) for j in self._jobs.values()]
+            return [j.model_copy(update={"result": None}, deep=True) for j in self._jobs.values()]
 
     def counts(self) -> tuple[int, int]:
         """(queued, running)."""
