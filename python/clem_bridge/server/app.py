@@ -26,7 +26,13 @@ top-left pixel; `fixed_to_moving` maps an EM pixel to an LM pixel. Every error i
 
 Jobs live under the data dir and survive restarts: a job that was running when the server stopped
 is reported `interrupted`; queued jobs are queued again. `DELETE /v1/jobs/{id}` cancels a queued or
-running job (between iterations) and deletes a finished one."""
+running job (between iterations) and deletes a finished one.
+
+Error codes: 401 `unauthorized` (missing/wrong token), 404 `not_found` (job, artifact or route),
+409 `not_done` (result of an unfinished job), 413 `payload_too_large` (`--max-upload-mb`),
+422 `invalid_input` (unreadable, truncated, empty, constant or NaN image, mismatched channel sizes,
+more pixels than `--max-pixels`), `invalid_params` (the JSON `params` part), `invalid_request`
+(missing or malformed form fields), 429 `queue_full` (with `Retry-After`), 500 `internal_error`."""
 
 
 def _document_bearer(app: FastAPI) -> None:
