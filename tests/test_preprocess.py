@@ -5,7 +5,7 @@ import pytest
 from clem_bridge import transforms as T
 from clem_bridge.errors import InputError
 from clem_bridge.preprocess import (estimate_psr, final_fixed_to_moving, grey_fill, prepare_pair,
-                                    psr_from_pixel_sizes, working_shape)
+                                    psr_from_pixel_sizes, register_prepared, working_shape)
 from clem_bridge.schema import PixelSize
 from clem_bridge.synthetic import centred_affine, make_pair
 
@@ -79,6 +79,7 @@ def test_end_to_end_with_engine():
     cannot capture; the registration on the prepared grid removes that residual.
     """
     from dataclasses import replace
+    from functools import partial
 
     from clem_bridge.register import register_mine
     from clem_bridge.register.mine import MineParams
@@ -86,13 +87,15 @@ def test_end_to_end_with_engine():
                          translation=(12.3, -9.6))
     p = make_pair(EM_SHAPE, f2m, seed=1, moving_shape=LM_SHAPE, lm_pixel_ratio=PSR)
     lm_px = PixelSize(x=p.moving_pixel_size.x * 1.05, y=p.moving_pixel_size.y * 1.05, unit="um")
-    prep = prepare_pair(p.em, [p.lm["reflected"]], em_pixel_size=p.fixed_pixel_size, lm_pixel_size=lm_px,
-                        work_size=256)
-    assert T.tre(final_fixed_to_moving(prep, np.eye(3)), f2m, EM_SHAPE) > 1.0    # residual left for MINE
     params = replace(MineParams.preset("fast"), max_iterations=250, min_iterations=100)
-    reg = register_mine(prep.em, prep.channels[0], params=params, seed=0, device="cpu", init=np.eye(3))
-    final = final_fixed_to_moving(prep, reg.fixed_to_moving)
-    assert T.tre(final, f2m, EM_SHAPE) < 0.75                  # LM pixels, over the whole EM grid
+    reg = register_prepared(p.em, p.lm["reflected"], partial(register_mine, params=params, seed=0, device="cpu"),
+                            em_pixel_size=p.fixed_pixel_size, lm_pixel_size=lm_px, work_size=256)
+    assert reg.fixed_shape == EM_SHAPE and reg.moving_shape == LM_SHAPE
+    info = reg.params["prepare"]
+    assert abs(info["psr"] / PSR - 1) < 0.03 and info["work_shape"] == [192, 256]   # anisotropic truth
+    prep_only = np.asarray(info["prep_fixed_to_moving"]) @ np.linalg.inv(T.resize_matrix(EM_SHAPE, (192, 256)))
+    assert T.tre(prep_only, f2m, EM_SHAPE) > 1.0               # residual left for MINE
+    assert T.tre(reg.fixed_to_moving, f2m, EM_SHAPE) < 0.75    # LM pixels, over the whole EM grid
 
 
 def test_grey_padding_outside_lm_field_of_view():
@@ -170,3 +173,31 @@ def test_prepare_command(pair, tmp_path):
     bad = _cli("prepare", em, lm, "--psr", "-3", "--out", tmp_path / "bad")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1].startswith("error: the pixel size ratio must be a positive")
+
+
+def test_register_command_with_prepare(tmp_path):
+    """``clem-bridge register --prepare``: LM at 5x the EM pixel size with a larger field of view;
+    transform.json maps EM pixels straight to ORIGINAL LM pixels."""
+    import json
+
+    from clem_bridge.synthetic import save_pair
+    em_shape, lm_shape, r = (320, 384), (128, 128), 5.0
+    f2m = centred_affine(em_shape, lm_shape, rotation_deg=-4.0, scale=(1.02 / r, 0.99 / r), shear=0.01,
+                         translation=(9.0, -6.0))
+    em, lm = save_pair(make_pair(em_shape, f2m, seed=4, moving_shape=lm_shape, lm_pixel_ratio=r), tmp_path)
+    res = _cli("register", em, lm, "--prepare", "--device", "cpu", "--out", tmp_path / "out")
+    assert res.returncode == 0, res.stderr[-2000:]
+    rec = json.loads((tmp_path / "out" / "transform.json").read_text())
+    assert rec["fixed_shape"] == list(em_shape) and rec["moving_shape"] == list(lm_shape)
+    assert abs(rec["params"]["prepare"]["psr"] / r - 1) < 0.03
+    assert T.tre(rec["fixed_to_moving"], f2m, em_shape) < 0.75
+
+
+def test_server_register_params_accept_prepare():
+    from pydantic import ValidationError
+
+    from clem_bridge.server.schemas import RegisterParams
+    p = RegisterParams.model_validate({"prepare": True, "psr": 8.05})
+    assert p.prepare and p.psr == 8.05 and not RegisterParams().prepare
+    with pytest.raises(ValidationError):
+        RegisterParams.model_validate({"prepare": True, "psr": -1})

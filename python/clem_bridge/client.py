@@ -101,11 +101,12 @@ class Client:
     def register(self, em: ImageLike, lm: ImageLike, *, extra: Sequence[ImageLike] = (), preset: str = "fast",
                  seed: int = 0, reg_channel: int = 0, channels: Optional[Sequence[int]] = None,
                  em_pixel_size: Optional[PixelSize | dict] = None, lm_pixel_size: Optional[PixelSize | dict] = None,
-                 wait: float = 0) -> dict:
+                 prepare: bool = False, psr: Optional[float] = None, wait: float = 0) -> dict:
         """Submit a registration (EM = fixed, LM = moving); returns the job (finished if it ended within ``wait``)."""
         params = {"preset": preset, "seed": seed, "reg_channel": reg_channel,
                   "channels": list(channels) if channels is not None else None,
-                  "em_pixel_size": _px(em_pixel_size), "lm_pixel_size": _px(lm_pixel_size)}
+                  "em_pixel_size": _px(em_pixel_size), "lm_pixel_size": _px(lm_pixel_size),
+                  "prepare": prepare, "psr": psr}
         files = [("em", _part(em, "em")), ("lm", _part(lm, "lm"))]
         files += [("extra", _part(x, f"extra{k}")) for k, x in enumerate(extra)]
         return self._request("POST", "/register", files=files, data={"params": json.dumps(params)},

@@ -108,7 +108,8 @@ def run_register(inputs: dict[str, Path], params: dict, out_dir: Path, progress:
     from .pipeline import TRANSFORM_JSON, register_files
     reg = register_files(inputs["em"], inputs["lm"], out_dir, reg_channel=params["reg_channel"],
                          channels=params.get("channels"), preset=params["preset"], seed=params["seed"],
-                         device=params["device"], progress=progress, cancelled=cancelled)
+                         device=params["device"], progress=progress, cancelled=cancelled,
+                         prepare=params.get("prepare", False), psr=params.get("psr"))
     reg.params.update(em_file=inputs["em"].name, lm_file=inputs["lm"].name)   # no server paths in results
     reg.save_json(out_dir / TRANSFORM_JSON)
     return {"result": reg.to_record().model_dump(mode="json")}

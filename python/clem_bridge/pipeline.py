@@ -55,11 +55,14 @@ def _pick(n: int, reg_channel: int, channels: Optional[Sequence[int]]) -> list[i
 
 def register_files(em_path, lm_path, out_dir, *, reg_channel: int = 0, channels: Optional[Sequence[int]] = None,
                    extra_channel_paths: Optional[Sequence] = None, preset: str = "fast", seed: int = 0,
-                   device: str = "auto", progress=None, cancelled=None, init=None) -> Registration:
+                   device: str = "auto", progress=None, cancelled=None, init=None, prepare: bool = False,
+                   psr: Optional[float] = None) -> Registration:
     """Register LM file onto EM file and write the CLI-contract outputs into ``out_dir``.
 
     ``reg_channel`` indexes the LM channels (file channels first, then those of
     ``extra_channel_paths``); ``channels`` picks which are warped and written (None = all).
+    ``prepare``: first match the EM field of view in the LM (pixel-size ratio ``psr``, else the
+    files' calibration refined, see :mod:`.preprocess`); the matrix still maps EM → original LM pixels.
     """
     from .register import register_mine
 
@@ -76,8 +79,16 @@ def register_files(em_path, lm_path, out_dir, *, reg_channel: int = 0, channels:
     moving = check_image(lm_chans[reg_channel], f"LM registration channel {reg_channel} of {lm_img.path.name}")
     t_read = time.perf_counter() - t0
 
-    reg = register_mine(em, moving, preset=preset, seed=seed, device=device, progress=progress,
-                        cancelled=cancelled, init=init)
+    if prepare:
+        from functools import partial
+
+        from .preprocess import register_prepared
+        reg = register_prepared(em, moving, partial(register_mine, preset=preset, seed=seed, device=device,
+                                                    progress=progress, cancelled=cancelled),
+                                psr=psr, em_pixel_size=em_img.pixel_size, lm_pixel_size=lm_img.pixel_size)
+    else:
+        reg = register_mine(em, moving, preset=preset, seed=seed, device=device, progress=progress,
+                            cancelled=cancelled, init=init)
 
     t1 = time.perf_counter()
     reg.fixed_pixel_size, reg.moving_pixel_size = em_img.pixel_size, lm_img.pixel_size

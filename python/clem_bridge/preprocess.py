@@ -12,8 +12,9 @@ from full-resolution EM pixels to ORIGINAL LM pixels (convention of :mod:`.trans
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Optional
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable, Optional
 
 import cv2
 import numpy as np
@@ -21,6 +22,7 @@ import numpy as np
 from . import transforms as T
 from .errors import InputError
 from .io import check_image, convert_length, normalize_unit
+from .result import Registration
 from .schema import PixelSize
 
 METHODS = {"ccoeff_normed": cv2.TM_CCOEFF_NORMED, "ccorr_normed": cv2.TM_CCORR_NORMED}
@@ -84,13 +86,21 @@ def _normalise(img: np.ndarray) -> np.ndarray:
     return np.clip((a - lo) / max(hi - lo, 1e-12), 0, 1).astype(np.float32)
 
 
+def _cv(img: np.ndarray) -> np.ndarray:
+    """``img`` itself when OpenCV handles its dtype, else a float32 copy."""
+    return img if img.dtype in (np.uint8, np.uint16, np.float32) else img.astype(np.float32)
+
+
+def _resized(img: np.ndarray, shape) -> np.ndarray:
+    return cv2.resize(_cv(img), (int(shape[1]), int(shape[0])), interpolation=cv2.INTER_AREA)
+
+
 def _binned(img: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
     """Area-binned image and the matrix mapping its pixels to ``img`` pixels."""
     if factor <= 1:
         return img, np.eye(3)
     shape = (max(1, img.shape[0] // factor), max(1, img.shape[1] // factor))
-    out = cv2.resize(img, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
-    return out, T.resize_matrix(img.shape, shape)
+    return _resized(img, shape), T.resize_matrix(img.shape, shape)
 
 
 def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
@@ -194,9 +204,11 @@ class _Matcher:
                       T.from_params(rotation_deg=angle, scale=step, center=ct),
                       np.array([[1, 0, -shift[0]], [0, 1, -shift[1]], [0, 0, 1.0]]))
         base_sigma = 0.5 * step / self.base_to_em[0, 0]
-        key = round(base_sigma, 2)
+        key = round(base_sigma * 20) / 20           # pre-blur re-used across nearby scales
         if key not in self._blurred:
-            self._blurred = {key: _blur(self.em_base, base_sigma)}
+            if len(self._blurred) >= 4:
+                self._blurred.pop(next(iter(self._blurred)))
+            self._blurred[key] = _blur(self.em_base, key)
         to_base = np.linalg.inv(self.base_to_em) @ m
         tmpl = cv2.warpAffine(self._blurred[key], to_base[:2].astype(np.float64), (tw, th),
                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT)
@@ -295,16 +307,22 @@ def estimate_psr(em, lm, *, psr_hint: Optional[float] = None, search: float = 0.
         lo, hi = psr_hint * (1 - search), psr_hint * (1 + search)
     else:
         lo, hi = psr_range
-    lo = max(lo, _fit_ratio(em_shape, lm_shape) * (1 - 2 * partial) if psr_hint is None else lo)
+    if psr_hint is None:                                   # the template must mostly fit in the LM
+        lo = max(lo, _fit_ratio(em_shape, lm_shape) * (1 - 2 * partial))
     if lo > hi:
         raise InputError("the EM field of view is larger than the LM image at every candidate pixel size ratio.")
     lam = 1.0 / (abs(math.cos(math.radians(rotations))) + abs(math.sin(math.radians(rotations))))
 
-    em_n, lm_n = _normalise(em), _normalise(lm)
     em_long = max(em_shape)
-    base_factor = max(1, int(math.floor(lo / 2)), int(math.ceil(em_long / 4096)))
-    em_base, base_to_em = _binned(em_n, base_factor)
     matchers: dict[tuple[int, bool], _Matcher] = {}
+
+    def level_for(s: float, target: int) -> int:          # LM binning giving templates of ~target px
+        return max(1, int(em_long * lam / (s * target)))
+
+    # the EM binned once to ~2x the finest template sampling (it may be huge), then normalised
+    base_factor = max(1, int(math.floor(lo * level_for(hi, fine_template) / 2)))
+    em_base, base_to_em = _binned(em, base_factor)
+    em_base, lm_n = _normalise(em_base), _normalise(lm)
 
     def matcher(level: int, fine: bool) -> _Matcher:
         if (level, fine) not in matchers:
@@ -312,9 +330,6 @@ def estimate_psr(em, lm, *, psr_hint: Optional[float] = None, search: float = 0.
                                                edges=edges, src_sigma=0.0 if fine else 1.0,
                                                tmpl_sigma=template_sigma, lam=lam, pad=partial, exact=fine)
         return matchers[(level, fine)]
-
-    def level_for(s: float, target: int) -> int:          # LM binning giving templates of ~target px
-        return max(1, int(em_long * lam / (s * target)))
 
     def s_step_at(s: float, target: int) -> float:
         return min(0.03, max(0.002, 1.5 * s * level_for(s, target) / (em_long * lam)))
@@ -460,8 +475,7 @@ def prepare_pair(em, lm_channels, *, psr: Optional[float] = None, em_pixel_size:
                        rotations=rotations, **match_options)
     grid = working_shape(em.shape, work_size)
     grid_to_em = T.resize_matrix(em.shape, grid)
-    em_grid = em if grid == em.shape else cv2.resize(em.astype(np.float32), (grid[1], grid[0]),
-                                                     interpolation=cv2.INTER_AREA)
+    em_grid = em if grid == em.shape else _resized(em, grid)
     prep = est.fixed_to_moving @ grid_to_em
     fills = [grey_fill(c) for c in chans]
     warped = [T.warp_image(c.astype(np.float32, copy=False), prep, grid, fill=f) for c, f in zip(chans, fills)]
@@ -479,3 +493,28 @@ def final_fixed_to_moving(prepared: Prepared, registration_fixed_to_moving) -> n
     """
     return T.compose(prepared.prep_fixed_to_moving, registration_fixed_to_moving,
                      np.linalg.inv(prepared.grid_to_em))
+
+
+def register_prepared(em, moving, register: Callable, *, psr: Optional[float] = None,
+                      em_pixel_size: Optional[PixelSize] = None, lm_pixel_size: Optional[PixelSize] = None,
+                      work_size: Optional[int] = 1024, **match_options) -> Registration:
+    """Prepare the pair, register on the prepared grid, return ONE matrix full EM px → original LM px.
+
+    ``register(fixed, moving, init=...)`` is the registration function (e.g. ``register_mine``
+    with its options bound); it runs on the EM binned to ``work_size`` against the prepared LM,
+    starting from the identity.  The result carries the full EM and original LM shapes and the
+    pre-processing parameters under ``params['prepare']``.
+    """
+    t0 = time.perf_counter()
+    prep = prepare_pair(em, [moving], psr=psr, em_pixel_size=em_pixel_size, lm_pixel_size=lm_pixel_size,
+                        work_size=work_size, **match_options)
+    t1 = time.perf_counter()
+    reg = register(prep.em, prep.channels[0], init=np.eye(3))
+    est = prep.estimate
+    info = {"psr": est.psr, "psr_given": psr is not None, "rotation_deg": est.rotation_deg, "match_score": est.score,
+            "match_sharpness": est.sharpness, "work_shape": list(prep.em.shape),
+            "prep_fixed_to_moving": prep.prep_fixed_to_moving.tolist(),
+            "registration_on_prepared_grid": np.asarray(reg.fixed_to_moving).tolist()}
+    return replace(reg, fixed_to_moving=final_fixed_to_moving(prep, reg.fixed_to_moving),
+                   fixed_shape=tuple(prep.em_shape), moving_shape=tuple(prep.lm_shape),
+                   params={**reg.params, "prepare": info}, timings={**reg.timings, "prepare_s": t1 - t0})

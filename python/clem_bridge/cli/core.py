@@ -93,6 +93,10 @@ def add_commands(app) -> None:
         preset: str = typer.Option("fast", "--preset", help="fast (default) or thesis (published settings)."),
         seed: int = typer.Option(0, "--seed", help="Random seed (same inputs + seed = same matrix)."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+        prepare: bool = typer.Option(False, "--prepare", help="First find the EM field of view in the LM "
+                                     "(pixel-size ratio, crop, rotation) automatically; see 'prepare'."),
+        psr: Optional[float] = typer.Option(None, "--psr", help="With --prepare: LM/EM pixel size ratio to use "
+                                            "as is (default: the files' calibration, refined)."),
         server: Optional[str] = typer.Option(None, "--server", help="Register on a clem-bridge server at this URL "
                                              "(its device; shows its progress)."),
         token: Optional[str] = typer.Option(None, "--token", envvar="CLEM_BRIDGE_TOKEN", help="Token for --server."),
@@ -106,11 +110,11 @@ def add_commands(app) -> None:
                 with Client(server, token=token) as client, progress_bar() as report:
                     reg = client.register_files(em, lm, out, extra_channel_paths=extra_channel, progress=report,
                                                 reg_channel=reg_channel, channels=parse_channels(channels),
-                                                preset=preset, seed=seed)
+                                                preset=preset, seed=seed, prepare=prepare, psr=psr)
                 return _summary(reg, out)
             reg = _register_local(em, lm, out, reg_channel=reg_channel, channels=parse_channels(channels),
                                   extra_channel_paths=[str(p) for p in extra_channel], preset=preset, seed=seed,
-                                  device=device)
+                                  device=device, prepare=prepare, psr=psr)
             _summary(reg, out)
 
     @app.command("demo")
