@@ -242,6 +242,15 @@ def register_mine(fixed, moving, *, preset: str = "fast", params: Optional[MineP
     ``progress(Progress)`` is called during the run; ``cancelled()`` returning True raises
     :class:`~clem_bridge.errors.Cancelled`.  Same inputs + seed + device give the same matrix.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # the per-step tensors are small: extra threads only add sync overhead
+    try:
+        return _register(fixed, moving, preset, params, seed, device, progress, cancelled, init)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _register(fixed, moving, preset, params, seed, device, progress, cancelled, init) -> Registration:
     t0 = time.perf_counter()
     p = params or MineParams.preset(preset)
     fixed_n, moving_n = _check(fixed, "fixed (EM)"), _check(moving, "moving (LM)")

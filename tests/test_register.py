@@ -1,0 +1,125 @@
+"""MINE engine: known affines recovered on phantoms, determinism, progress/cancel, bad input."""
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from clem_bridge import transforms as T
+from clem_bridge.errors import Cancelled, InputError
+from clem_bridge.register import MineParams, register_mine
+from clem_bridge.synthetic import centred_affine, make_pair
+
+SIZE = (512, 512)
+
+# rotation ±30°, shifts ±15 % of the field, scales 0.9–1.1, small shear (issue 2 acceptance cases)
+CASES = {
+    "rot+30_shift": dict(rotation_deg=30, translation=(0.15 * 512, -0.10 * 512)),
+    "rot-30_scale1.1": dict(rotation_deg=-30, scale=1.1, translation=(-0.12 * 512, 0.15 * 512)),
+    "rot+15_scale0.9_shear": dict(rotation_deg=15, scale=0.9, shear=0.05, translation=(-40, -60)),
+    "rot-8_shift-15%": dict(rotation_deg=-8, scale=1.04, translation=(-0.15 * 512, -0.15 * 512)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_known_affine_recovered_within_1px(name):
+    truth = centred_affine(SIZE, SIZE, **CASES[name])
+    pair = make_pair(SIZE, fixed_to_moving=truth, seed=3)
+    reg = register_mine(pair.em, pair.lm["reflected"], seed=0, device="cpu")
+    err = T.tre(reg.fixed_to_moving, truth, SIZE)
+    assert err < 1.0, f"{name}: TRE {err:.3f} px"
+    assert np.allclose(reg.moving_to_fixed @ reg.fixed_to_moving, np.eye(3), atol=1e-9)
+    assert abs(reg.metrics["ncc"]) > 0.2 and reg.metrics["mi"] > 0.05   # reflected LM is contrast-inverted
+    assert set(reg.metrics) >= {"ncc", "mi", "ms_ssim"}
+    assert reg.iterations == len(reg.mi_curve) > 0
+
+
+def test_lm_with_different_canvas_and_smaller_field():
+    """LM on a different canvas (smaller field of view, grey-padded outside) still registers."""
+    moving_shape = (400, 448)
+    truth = centred_affine(SIZE, moving_shape, rotation_deg=-20, translation=(25, -30))
+    pair = make_pair(SIZE, fixed_to_moving=truth, seed=5, moving_shape=moving_shape)
+    reg = register_mine(pair.em, pair.lm["reflected"], seed=0, device="cpu")
+    assert reg.moving_shape == moving_shape
+    assert T.tre(reg.fixed_to_moving, truth, SIZE) < 1.0
+
+
+def test_same_seed_gives_identical_matrix():
+    truth = centred_affine((256, 256), (256, 256), rotation_deg=10, translation=(12, -7))
+    pair = make_pair((256, 256), fixed_to_moving=truth, seed=1)
+    a = register_mine(pair.em, pair.lm["reflected"], seed=7, device="cpu")
+    b = register_mine(pair.em, pair.lm["reflected"], seed=7, device="cpu")
+    assert np.array_equal(a.fixed_to_moving, b.fixed_to_moving)
+    assert a.mi_curve == b.mi_curve
+
+
+def test_progress_reports_and_cancellation():
+    pair = make_pair((256, 256), seed=2)
+    seen = []
+    reg = register_mine(pair.em, pair.lm["reflected"], progress=seen.append, device="cpu")
+    stages = [p.stage for p in seen]
+    assert stages[0] == "search" and stages[-1] == "done"
+    fractions = [p.fraction for p in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert any(p.mi is not None for p in seen) and reg.iterations > 0
+
+    calls = []
+
+    def cancel_after_50():
+        calls.append(1)
+        return len(calls) > 50
+
+    with pytest.raises(Cancelled):
+        register_mine(pair.em, pair.lm["reflected"], cancelled=cancel_after_50, device="cpu")
+    assert len(calls) == 51
+
+
+def test_init_matrix_skips_search_and_is_refined():
+    truth = centred_affine((256, 256), (256, 256), rotation_deg=4, translation=(6, -4))
+    pair = make_pair((256, 256), fixed_to_moving=truth, seed=4)
+    start = centred_affine((256, 256), (256, 256), rotation_deg=2, translation=(3, -2))
+    reg = register_mine(pair.em, pair.lm["reflected"], init=start, device="cpu")
+    assert "search_s" not in reg.timings
+    assert T.tre(reg.fixed_to_moving, truth, (256, 256)) < 1.0 < T.tre(start, truth, (256, 256))
+
+
+def test_thesis_preset_runs_the_published_structure():
+    """6 levels optimised jointly with coarse + finest parameter sets; a few iterations only."""
+    p = MineParams.preset("thesis")
+    assert (p.levels, p.max_iterations, p.lr_mine, p.lr_coarse, p.lr_fine) == (6, 87_000, 1e-5, 5e-4, 1e-5)
+    pair = make_pair((256, 256), seed=1)
+    reg = register_mine(pair.em, pair.lm["reflected"], params=replace(p, max_iterations=3), device="cpu")
+    assert reg.method == "mine-thesis" and reg.iterations == 3 and reg.params["levels_used"] == 6
+    assert T.tre(reg.fixed_to_moving, np.eye(3), (256, 256)) < 0.5   # 3 tiny steps from identity
+
+
+def test_large_input_is_registered_binned_and_rescaled():
+    shape = (1200, 1100)
+    truth = centred_affine(shape, shape, rotation_deg=6, translation=(30, -20))
+    pair = make_pair(shape, fixed_to_moving=truth, seed=2)
+    p = replace(MineParams.preset("fast"), max_working_size=600)
+    reg = register_mine(pair.em, pair.lm["reflected"], params=p, device="cpu")
+    assert reg.params["working_scale"] == pytest.approx(2.0)
+    assert reg.fixed_shape == shape
+    assert T.tre(reg.fixed_to_moving, truth, shape) < 1.5
+
+
+@pytest.mark.parametrize("fixed, moving, match", [
+    (np.full((64, 64), np.nan), np.ones((64, 64)), "NaN"),
+    (np.zeros((0, 64)), np.ones((64, 64)), "too small"),
+    (np.ones((64, 64, 5)), np.ones((64, 64)), "2-D"),
+    (np.ones((64, 64)), np.ones((64, 64)), "constant"),
+    (np.random.default_rng(0).random((64, 64)), np.array([["a"] * 64] * 64), "non-numeric"),
+])
+def test_bad_input_gives_clear_error(fixed, moving, match):
+    with pytest.raises(InputError, match=match):
+        register_mine(fixed, moving, device="cpu")
+
+
+def test_unknown_preset_and_missing_gpu():
+    pair = make_pair((64, 64), seed=0)
+    with pytest.raises(InputError, match="preset"):
+        register_mine(pair.em, pair.lm["reflected"], preset="slow")
+    import torch
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="CUDA"):
+            register_mine(pair.em, pair.lm["reflected"], device="cuda")
