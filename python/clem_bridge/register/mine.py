@@ -398,6 +398,7 @@ def _register(fixed, moving, preset, params, seed, device, progress, cancelled, 
     a_work = np.linalg.inv(fm) @ frame_mat.cpu().numpy() @ ff
     a_full = (resize_matrix(full_moving_shape, moving_w.shape) @ a_work
               @ np.linalg.inv(resize_matrix(full_fixed_shape, fixed_w.shape)))
+    a_full[2] = (0.0, 0.0, 1.0)
 
     report(Progress("metrics", 0, None, None, 0.96))
     tq = time.perf_counter()
