@@ -28,12 +28,13 @@ def case(rotation, scale, moving_shape, seed, shift=(9.0, -6.0), lm_pixel_ratio=
     (28.0, 1.0, (256, 256)),
     (-30.0, 0.8, (230, 300)),      # smaller, wider LM canvas
     (12.0, 1.25, (352, 330)),      # larger LM canvas
-    (-8.0, (1.06, 0.95), (256, 256)),   # anisotropic scale: ECC's affine part
+    (-8.0, (1.06, 0.95), (256, 256)),   # anisotropic scale: model="affine" (ECC)
     (20.0, 0.9, (480, 440)),       # LM field of view ~3x the EM's (DeepCLEM's example situation)
 ])
 def test_recovers_known_affine(rotation, scale, moving_shape):
     pair, pred, f2m = case(rotation, scale, moving_shape, seed=11)
-    reg = register_chromatin(pred, pair.lm["chromatin"])
+    model = "similarity" if np.isscalar(scale) else "affine"
+    reg = register_chromatin(pred, pair.lm["chromatin"], params=SearchParams(model=model))
     err = T.tre(reg.fixed_to_moving, f2m, SHAPE)
     assert err < 1.5, f"TRE {err:.2f} px, metrics {reg.metrics}"
     assert reg.metrics["ncc"] > 0.8
@@ -56,6 +57,8 @@ def test_progress_cancel_and_bad_input():
     assert [p.stage for p in seen][0] == "coarse search" and seen[-1].fraction == 1.0
     with pytest.raises(Cancelled):
         register_chromatin(pred, pair.lm["chromatin"], cancelled=lambda: True)
+    with pytest.raises(InputError, match="similarity or affine"):
+        register_chromatin(pred, pair.lm["chromatin"], params=SearchParams(model="projective"))
     with pytest.raises(InputError, match="blank"):
         register_chromatin(pred, np.zeros((100, 100)))
     with pytest.raises(InputError, match="NaN"):

@@ -101,7 +101,6 @@ def test_bad_em_is_an_input_error(tiny, bad):
         predict_chromatin(bad, tiny[0].model, device="cpu")
 
 
-@pytest.mark.skipif(not (SHIPPED / "weights.pt").is_file(), reason="shipped model models/chromatin-v1 not trained yet")
 def test_shipped_model_predicts_sample_crop():
     model = load_model("chromatin-v1", device="cpu")
     card = model.card

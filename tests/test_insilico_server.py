@@ -54,7 +54,8 @@ def test_correlate_job_rgb_blue_is_chromatin(server):
     rgb = (rgb * 255).round().astype(np.uint8)
     files = [("em", ("em.tif", tiff_bytes(pair.em))), ("chromatin", ("lm.png", png_bytes(rgb)))]
     r = httpx.post(server + "/v1/correlate", files=files,
-                   data={"params": json.dumps({"model": "tiny", "max_rotation": 30, "channels": [0]})},
+                   data={"params": json.dumps({"model": "tiny", "max_rotation": 30, "channels": [0],
+                                              "transform": "similarity"})},
                    params={"wait": 240}, timeout=300)
     assert r.status_code == 200, r.text
     job = r.json()
@@ -67,6 +68,7 @@ def test_correlate_job_rgb_blue_is_chromatin(server):
 
 
 @pytest.mark.parametrize("params", [{"model": "../tiny"}, {"model": "missing"}, {"max_rotation": 400},
+                                    {"model": "tiny", "transform": "projective"},
                                     {"model": "tiny", "chromatin_channel": 5}])
 def test_correlate_bad_params_are_422(server, params):
     em = S.make_pair((64, 64), seed=1).em

@@ -91,10 +91,10 @@ def run_correlate(inputs: dict[str, Path], params: dict, out_dir: Path, progress
     """DeepCLEM correlation; writes transform.json, lm_warped.tif, overlay.png, predicted_chromatin.tif."""
     from .insilico.correlate import SearchParams, correlate_files
     ci = json.loads(Path(inputs["meta"]).read_text())["chromatin_channel"]
+    search = SearchParams(max_rotation=params["max_rotation"], model=params.get("transform", "similarity"))
     reg = correlate_files(inputs["em"], inputs["lm"], out_dir, chromatin_channel_index=ci,
                           channels=params.get("channels"), model=_model(params["model"], params["device"]),
-                          params=SearchParams(max_rotation=params["max_rotation"]), device=params["device"],
-                          progress=progress, cancelled=cancelled)
+                          params=search, device=params["device"], progress=progress, cancelled=cancelled)
     reg.params["model"] = params["model"]
     reg.save_json(out_dir / "transform.json")
     return {"result": reg.to_record().model_dump(mode="json")}

@@ -73,6 +73,8 @@ def add_commands(app) -> None:
                                                  help="Extra LM channel file on the chromatin grid (repeatable)."),
         model: str = typer.Option("chromatin-v1", "--model", help="Model name under models/ or a model folder."),
         max_rotation: float = typer.Option(180.0, "--max-rotation", help="Rotation search range ± degrees."),
+        transform: str = typer.Option("similarity", "--transform",
+                                      help="similarity (rotation, scale, shift; default) or affine."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     ) -> None:
         """DeepCLEM: predict chromatin from the EM, register it to the measured chromatin, warp the channels."""
@@ -80,14 +82,16 @@ def add_commands(app) -> None:
                                           correlate_files)
 
         with user_errors():
+            if transform not in ("similarity", "affine"):
+                raise InputError(f"--transform must be similarity or affine (got {transform!r})")
             if not 0 <= max_rotation <= 180:
                 raise InputError(f"--max-rotation must be between 0 and 180 degrees (got {max_rotation})")
             with progress_bar() as report:
                 reg = correlate_files(em, chromatin, out, chromatin_channel_index=chromatin_channel,
                                       channels=parse_channels(channels),
                                       extra_channel_paths=[str(p) for p in extra_channel], model=model,
-                                      params=SearchParams(max_rotation=max_rotation), device=device,
-                                      progress=report)
+                                      params=SearchParams(max_rotation=max_rotation, model=transform),
+                                      device=device, progress=report)
             typer.echo(f"correlated in {reg.timings['total_s']:.1f} s; NCC {reg.metrics['ncc']:.3f}, "
                        f"overlap {reg.metrics['overlap']:.2f}")
             for name in (TRANSFORM_JSON, WARPED_TIFF, OVERLAY_PNG, PREDICTED_TIFF):

@@ -1,7 +1,7 @@
 """``POST /v1/predict/chromatin`` and ``POST /v1/correlate``: DeepCLEM jobs (chromatin prediction, correlation)."""
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
@@ -33,6 +33,7 @@ class CorrelateParams(BaseModel):
     channels: Optional[list[Annotated[int, Field(ge=0, le=1023)]]] = Field(
         None, max_length=1024, description="channels (chromatin upload, then extra uploads) to warp; default all")
     max_rotation: float = Field(180.0, ge=0, le=180, description="rotation search range, ± degrees")
+    transform: Literal["similarity", "affine"] = Field("similarity", description="refined transform model")
     em_pixel_size: Optional[PixelSize] = Field(None, description="overrides the EM file's calibration")
     chromatin_pixel_size: Optional[PixelSize] = Field(None, description="overrides the chromatin file's calibration")
 
