@@ -34,7 +34,7 @@ def main():
             raise clem.ClemError("the CLEM server at %s lacks the DeepCLEM chromatin model (it has no "
                                  "POST /v1/correlate); update the server or use Register EM-LM" % server.url)
         if "HTTP 422" in str(e) and "model" in str(e):
-            raise clem.ClemError("the CLEM server at %s lacks the DeepCLEM chromatin model %r (%s)"
+            raise clem.ClemError("the CLEM server at %s lacks the DeepCLEM chromatin model '%s' (%s)"
                                  % (server.url, model, str(e).split(": ", 1)[-1]))
         raise
     f2m = clem.check_matrix(record["fixed_to_moving"], "the server's fixed_to_moving")
