@@ -4,8 +4,9 @@ For each pair i the fold model trained on the other two pairs predicts chromatin
 vs the measured chromatin).  The measured chromatin is then resampled under known affines (rotation
 ±15°, shift ≤ 8 % of the field, scale ±5 %) and registered back by
 
-* ``deepclem``      — prediction → measured chromatin, global search + ECC (clem_bridge.insilico.correlate);
-* ``deepclem_mine`` — the same global search, MINE refinement instead of ECC (the alternative refinement);
+* ``deepclem``        — prediction → measured chromatin, global search + similarity refinement (the default);
+* ``deepclem_affine`` — the same, then affine ECC refinement;
+* ``deepclem_mine``   — the same global search, MINE refinement (the lead's engine) instead;
 * ``mine_direct``   — MINE on EM vs measured chromatin (no prediction);
 * ``sitk_mattes``   — SimpleITK affine, Mattes MI, EM vs measured chromatin, 3-level pyramid.
 
@@ -81,6 +82,8 @@ def _run(method: str, em, pred, moving) -> np.ndarray:
     from clem_bridge.register import register_mine
     if method == "deepclem":
         return register_chromatin(pred, moving).fixed_to_moving
+    if method == "deepclem_affine":
+        return register_chromatin(pred, moving, params=SearchParams(model="affine")).fixed_to_moving
     if method == "deepclem_mine":
         init, _ = coarse_search(normalize_chromatin(pred), normalize_chromatin(moving), SearchParams())
         return register_mine(pred, moving, init=init, device="cpu").fixed_to_moving
@@ -101,7 +104,7 @@ def main() -> None:
     ap.add_argument("--loo-models", type=Path, default=Path("/tmp/clem_bridge_loo_models"),
                     help="fold<i> model folders; trained (with the default TrainConfig) when missing")
     ap.add_argument("--cases", type=int, default=5, help="perturbations per pair")
-    ap.add_argument("--methods", default="deepclem,deepclem_mine,mine_direct,sitk_mattes")
+    ap.add_argument("--methods", default="deepclem,deepclem_affine,deepclem_mine,mine_direct,sitk_mattes")
     ap.add_argument("--mine-cases", type=int, default=2,
                     help="run the (slow) MINE methods on only the first N perturbations per pair")
     args = ap.parse_args()
