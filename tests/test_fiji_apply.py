@@ -130,3 +130,14 @@ print(json.dumps(read))
                                case["reg"].fixed_to_moving, atol=1e-12)
     assert_same_warp(case, root / "jy_warped.tif")
     assert_same_warp(case, root / "jy_rgb.tif", case["rgb"])
+
+
+@pytest.mark.parametrize("args,message", [
+    ('em_pattern="em.tif"', "a file name pattern needs exactly one * for the pair name, got 'em.tif'"),
+    ('em_pattern="*_nothing.tif"', "no EM/LM pairs in"),
+])
+def test_batch_bad_patterns_fail_before_contacting_a_server(case, args, message):
+    r = run_script(case["app"], "Batch_Register_Folder.py",
+                   f'in_dir="{case["root"]}",{args},out_dir="{case["root"] / "batch"}",server_url="http://127.0.0.1:9"')
+    assert r.returncode == 2 and r.stderr.startswith("error: " + message.split(" in")[0]), r.stderr
+    assert message in r.stderr and "Exception" not in r.stderr

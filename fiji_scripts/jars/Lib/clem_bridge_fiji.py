@@ -208,7 +208,7 @@ def select_channels(imp, channels):
         try:
             channels = [int(c) for c in channels.replace(" ", "").split(",") if c != ""]
         except ValueError:
-            raise ClemError("channels must be numbers like 0,2 (got %r)" % str(channels))
+            raise ClemError("channels must be numbers like 0,2 (got '%s')" % channels)
     procs = channel_processors(imp)
     channels = list(channels) if channels else range(len(procs))
     stack = ImageStack(imp.getWidth(), imp.getHeight())
@@ -660,7 +660,7 @@ def input_image(path, title, what):
         from ij import WindowManager
         imp = WindowManager.getImage(title)
         if imp is None:
-            raise ClemError("there is no open image titled %r for the %s" % (title, what))
+            raise ClemError("there is no open image titled '%s' for the %s" % (title, what))
         return imp
     raise ClemError("choose a file or an open image for the %s" % what)
 
@@ -696,7 +696,7 @@ def match_pairs(folder, em_pattern, lm_pattern):
     """{pair name: (em path, lm path)} for files matching the glob patterns, ``*`` = the pair name."""
     def rx(pattern):
         if pattern.count("*") != 1:
-            raise ClemError("a file name pattern needs exactly one * for the pair name, got %r" % pattern)
+            raise ClemError("a file name pattern needs exactly one * for the pair name, got '%s'" % pattern)
         return re.compile("^" + re.escape(pattern).replace("\\*", "(.+)") + "$")
     d = File(str(folder))
     if not d.isDirectory():
