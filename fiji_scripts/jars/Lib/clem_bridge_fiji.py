@@ -14,7 +14,7 @@ import time
 
 from java.awt import Color, GraphicsEnvironment
 from java.io import ByteArrayOutputStream, File, IOException
-from java.lang import String as JString, System
+from java.lang import Exception as JException, String as JString, System
 from java.net import ConnectException, MalformedURLException, SocketTimeoutException, \
     UnknownHostException, URL
 from javax.xml.parsers import DocumentBuilderFactory
@@ -57,6 +57,8 @@ def run_main(main):
         _fail(str(e))
     except IOException as e:
         _fail("I/O error: %s" % e.getMessage())
+    except (Exception, JException) as e:  # a bug or an unforeseen case: still one line, non-zero exit
+        _fail("unexpected %s: %s (please report it)" % (type(e).__name__, e))
 
 
 def _fail(msg):
