@@ -70,3 +70,22 @@ def test_bad_arguments(lm):
         warp_tiled([lm[0], np.zeros((5, 5), np.float32)], F2M, OUT)
     with pytest.raises(InputError, match="fill"):
         warp_tiled(list(lm), F2M, OUT, fill=[0.0])
+
+
+def test_preview_matches_binned_full_resolution_warp():
+    """The overlay preview of a large EM equals the full-resolution warp binned to the preview size."""
+    import cv2
+
+    from clem_bridge.tiled import preview
+    yy, xx = np.mgrid[0:120, 0:150]
+    smooth = (np.sin(xx / 9.0) * np.cos(yy / 7.0)).astype(np.float32)
+    em = np.random.default_rng(2).random((800, 1000)).astype(np.float32)
+    small, warped, valid = preview(em, [smooth], F2M @ np.diag([0.7, 0.7, 1.0]), max_side=250)
+    assert small.shape == (200, 250) and warped[0].shape == (200, 250) and valid.shape == (200, 250)
+    full = T.warp_image(smooth, F2M @ np.diag([0.7, 0.7, 1.0]), (800, 1000))
+    binned = cv2.resize(full, (250, 200), interpolation=cv2.INTER_AREA)
+    inner = cv2.erode(valid.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    assert inner.mean() > 0.3
+    assert np.abs(warped[0] - binned)[inner].max() < 0.02
+    same, w2, _ = preview(em[:200, :250], [smooth], F2M, max_side=250)     # small EM: no binning
+    assert same.shape == (200, 250) and np.array_equal(w2[0], T.warp_image(smooth, F2M, (200, 250)))

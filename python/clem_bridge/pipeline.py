@@ -13,12 +13,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from . import transforms as T
 from .errors import InputError
 from .export import write_all
-from .io import ImageData, check_image, read_image, select_channel, write_tiff
+from .io import ImageData, check_image, read_image, select_channel
 from .quality import save_mi_curve_png, save_overlay_png
 from .result import Registration
+from .tiled import preview, warp_to_tiff
 
 TRANSFORM_JSON = "transform.json"
 WARPED_TIFF = "lm_warped.tif"
@@ -96,12 +96,14 @@ def register_files(em_path, lm_path, out_dir, *, reg_channel: int = 0, channels:
                   "extra_channel_files": [str(p) for p in extra_channel_paths or []],
                   "reg_channel": reg_channel, "channels": picked}
     selected = [lm_chans[i] for i in picked]
-    warped, valid = T.warp_channels(selected, reg.fixed_to_moving, em.shape)
-    dtypes = {w.dtype for w in warped}
-    stack = np.stack(warped) if len(dtypes) == 1 else np.stack([w.astype(np.float32) for w in warped])
+    dtypes = {c.dtype for c in selected}
+    dtype = dtypes.pop() if len(dtypes) == 1 else np.dtype(np.float32)
     out.mkdir(parents=True, exist_ok=True)
-    write_tiff(out / WARPED_TIFF, stack, em_img.pixel_size)
-    save_overlay_png(out / OVERLAY_PNG, em, warped, mask=valid)
+    # full-resolution channels streamed in strips into the TIFF; the overlay from a binned preview
+    warp_to_tiff(out / WARPED_TIFF, selected, reg.fixed_to_moving, em.shape, pixel_size=em_img.pixel_size,
+                 dtype=dtype if dtype in (np.uint8, np.uint16, np.float32) else np.float32)
+    em_small, warped, valid = preview(em, selected, reg.fixed_to_moving)
+    save_overlay_png(out / OVERLAY_PNG, em_small, warped, mask=valid)
     save_mi_curve_png(out / MI_CURVE_PNG, reg.mi_curve)
     t2 = time.perf_counter()
     reg.timings = {**reg.timings, "read_s": t_read, "warp_write_s": t2 - t1, "pipeline_total_s": t2 - t0}

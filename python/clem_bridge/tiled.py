@@ -8,6 +8,7 @@ in-memory warp exactly.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -72,8 +73,8 @@ def warp_to_tiff(path, channels: Sequence[np.ndarray], fixed_to_moving, out_shap
     h, w = int(out_shape[0]), int(out_shape[1])
     extra = {"metadata": {"axes": "CYX"}}
     if pixel_size is not None:
-        extra = {"resolution": (1.0 / pixel_size.x, 1.0 / pixel_size.y),
-                 "metadata": {"axes": "CYX", "unit": normalize_unit(pixel_size.unit) or pixel_size.unit}}
+        unit = normalize_unit(pixel_size.unit) or re.sub(r"[^\x20-\x7e]", "", pixel_size.unit) or "um"
+        extra = {"resolution": (1.0 / pixel_size.x, 1.0 / pixel_size.y), "metadata": {"axes": "CYX", "unit": unit}}
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     mm = tifffile.memmap(str(p), shape=(len(chans), h, w), dtype=dtype, imagej=True, **extra)
@@ -84,3 +85,21 @@ def warp_to_tiff(path, channels: Sequence[np.ndarray], fixed_to_moving, out_shap
     finally:
         del mm
     return p
+
+
+def preview(em: np.ndarray, channels: Sequence[np.ndarray], fixed_to_moving, max_side: int = 4096
+            ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    """EM binned to ``max_side`` and the LM channels warped onto that grid (with its validity mask).
+
+    For overlays of very large EMs; at or below ``max_side`` this is the full-resolution warp.
+    """
+    import cv2
+
+    from .preprocess import working_shape
+    shape = working_shape(em.shape, max_side)
+    small = em if shape == tuple(em.shape) else cv2.resize(
+        em if em.dtype in (np.uint8, np.uint16, np.float32) else em.astype(np.float32), (shape[1], shape[0]),
+        interpolation=cv2.INTER_AREA)
+    warped, valid = T.warp_channels(channels, T.as_matrix(fixed_to_moving) @ T.resize_matrix(em.shape, shape),
+                                    shape)
+    return small, warped, valid
