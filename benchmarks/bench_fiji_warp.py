@@ -18,10 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from clem_bridge import io, transforms
+from clem_bridge.fiji import JARS
 from clem_bridge.fiji_install import scripts_dir
-
-JARS = {"ij": "/usr/share/java/ij.jar", "jython": "/usr/share/java/jython.jar",
-        "groovy": "/usr/share/java/groovy-all.jar"}
+from clem_bridge.result import Registration
 
 JYTHON = """
 import sys, time
@@ -73,7 +72,6 @@ def main() -> None:
                                          center=transforms.center_of((n // 2, n // 2)))
             io.write_tiff(tmp / "em.tif", np.zeros((n, n), np.uint8))
             io.write_tiff(tmp / "lm.tif", lm)
-            from clem_bridge.result import Registration
             Registration(fixed_to_moving=f2m, fixed_shape=(n, n), moving_shape=lm.shape, method="bench").save_json(
                 tmp / "t.json")
             subs = {"lib": str(scripts_dir() / "jars" / "Lib"), "em": str(tmp / "em.tif"), "lm": str(tmp / "lm.tif"),

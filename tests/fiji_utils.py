@@ -16,8 +16,7 @@ from pathlib import Path
 
 from clem_bridge import fiji, fiji_install
 
-JARS = {"ij": Path("/usr/share/java/ij.jar"), "jython": Path("/usr/share/java/jython.jar"),
-        "groovy": Path("/usr/share/java/groovy-all.jar")}
+JARS = {k: Path(v) for k, v in fiji.JARS.items()}
 RUNNERS = Path(__file__).parent / "fiji_runners"
 
 
