@@ -59,7 +59,7 @@ def test_progress_cancel_and_bad_input():
         register_chromatin(pred, pair.lm["chromatin"], cancelled=lambda: True)
     with pytest.raises(InputError, match="similarity or affine"):
         register_chromatin(pred, pair.lm["chromatin"], params=SearchParams(model="projective"))
-    with pytest.raises(InputError, match="blank"):
+    with pytest.raises(InputError, match="constant"):
         register_chromatin(pred, np.zeros((100, 100)))
     with pytest.raises(InputError, match="NaN"):
         register_chromatin(np.full(SHAPE, np.nan), pair.lm["chromatin"])

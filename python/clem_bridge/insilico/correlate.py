@@ -26,6 +26,7 @@ from scipy import optimize
 
 from .. import transforms as T
 from ..errors import Cancelled, InputError
+from ..io import check_image
 from ..register.mine import CancelFn, Progress, ProgressFn
 from ..result import Registration
 from ..schema import PixelSize
@@ -265,15 +266,7 @@ def register_chromatin(predicted: np.ndarray, chromatin: np.ndarray, *, params: 
 
 
 def _check(img, name: str) -> np.ndarray:
-    a = np.asarray(img)
-    if a.ndim != 2 or min(a.shape) < 16:
-        raise InputError(f"the {name} image must be 2-D and at least 16x16 pixels, got shape {a.shape}")
-    a = a.astype(np.float32)
-    if not np.all(np.isfinite(a)):
-        raise InputError(f"the {name} image contains NaN or infinite values")
-    if float(a.max() - a.min()) == 0.0:
-        raise InputError(f"the {name} image is blank (constant intensity)")
-    return a
+    return check_image(img, f"the {name} image").astype(np.float32, copy=False)
 
 
 # --- the DeepCLEM workflow on arrays and on files ---------------------------------------
@@ -330,7 +323,7 @@ def correlate_files(em_path, chromatin_path, out_dir, *, chromatin_channel_index
     ``channels`` index the chromatin file's channels followed by those of ``extra_channel_paths``
     (None = all); they are warped onto the EM grid.  The overlay shows the chromatin in blue.
     """
-    from ..io import check_image, read_image, select_channel, write_tiff
+    from ..io import read_image, select_channel, write_tiff
     from ..pipeline import load_lm_channels
     from ..quality import DEFAULT_COLOURS, save_overlay_png
 

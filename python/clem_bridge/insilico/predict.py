@@ -13,6 +13,7 @@ import yaml
 
 from ..device import select_device
 from ..errors import Cancelled, InputError
+from ..io import MAX_PIXELS, check_image
 from ..register.mine import CancelFn, Progress, ProgressFn
 from .normalize import normalize_em
 from .unet import UNet
@@ -108,18 +109,11 @@ def predict_tiles(net: UNet, x: np.ndarray, *, tile: int = 256, overlap: int = 3
 
 
 def check_em(em) -> np.ndarray:
-    """Validate an EM image for prediction; returns it as float32 2-D."""
-    a = np.asarray(em)
-    if a.ndim != 2 or min(a.shape) < 16:
-        raise InputError(f"the EM image must be a 2-D greyscale image of at least 16x16 pixels, got shape {a.shape}")
-    if a.size > 50_000 * 50_000:
+    """Validate an EM image for prediction (:func:`clem_bridge.io.check_image` + size limit); float32 2-D."""
+    a = check_image(em, "the EM image")
+    if a.size > MAX_PIXELS:
         raise InputError(f"the EM image is too large ({a.shape[1]}x{a.shape[0]} pixels); crop or bin it first")
-    a = a.astype(np.float32)
-    if not np.all(np.isfinite(a)):
-        raise InputError("the EM image contains NaN or infinite values")
-    if float(a.max() - a.min()) == 0.0:
-        raise InputError("the EM image is blank (constant intensity)")
-    return a
+    return a.astype(np.float32, copy=False)
 
 
 def predict_chromatin(em, model: ChromatinModel | str = DEFAULT_MODEL, *, device="auto", tile: int = 256,
