@@ -203,20 +203,48 @@ class _Matcher:
         m = T.compose(np.array([[1, 0, ce[0] - ct[0]], [0, 1, ce[1] - ct[1]], [0, 0, 1.0]]),
                       T.from_params(rotation_deg=angle, scale=step, center=ct),
                       np.array([[1, 0, -shift[0]], [0, 1, -shift[1]], [0, 0, 1.0]]))
-        base_sigma = 0.5 * step / self.base_to_em[0, 0]
+        return self._sample(m, (th, tw), psr, sign), m
+
+    def _sample(self, to_em: np.ndarray, shape, psr: float, sign: int) -> np.ndarray:
+        """The EM (anti-aliased for ``psr``) sampled on a grid of ``shape`` whose pixels map to EM by ``to_em``."""
+        base_sigma = 0.5 * psr * self.level / self.base_to_em[0, 0]
         key = round(base_sigma * 20) / 20           # pre-blur re-used across nearby scales
         if key not in self._blurred:
             if len(self._blurred) >= 4:
                 self._blurred.pop(next(iter(self._blurred)))
             self._blurred[key] = _blur(self.em_base, key)
-        to_base = np.linalg.inv(self.base_to_em) @ m
-        tmpl = cv2.warpAffine(self._blurred[key], to_base[:2].astype(np.float64), (tw, th),
-                              flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT)
+        to_base = np.linalg.inv(self.base_to_em) @ to_em
+        out = cv2.warpAffine(self._blurred[key], to_base[:2].astype(np.float64), (int(shape[1]), int(shape[0])),
+                             flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT)
         if sign < 0:
-            tmpl = 1.0 - tmpl
+            out = 1.0 - out
         if self.edges:
-            tmpl = _gradient(tmpl)
-        return _blur(tmpl, self.tmpl_sigma), m
+            out = _gradient(out)
+        return _blur(out, self.tmpl_sigma)
+
+    def footprint_match(self, em_to_lm: np.ndarray, psr: float, sign: int, r: int = 2):
+        """Re-match the whole EM field of view (not only the inscribed template) within ``r`` level pixels.
+
+        Returns (score, refined EM→LM matrix), or None when the field of view leaves the LM.
+        """
+        to_level = np.linalg.inv(self.level_to_lm) @ em_to_lm
+        h, w = self.em_shape
+        c = T.apply_to_points(to_level, [[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1]])
+        x0, y0 = int(math.floor(c[:, 0].min())), int(math.floor(c[:, 1].min()))
+        x1, y1 = int(math.ceil(c[:, 0].max())), int(math.ceil(c[:, 1].max()))
+        if x0 - r < 0 or y0 - r < 0 or x1 + r >= self.src.shape[1] or y1 + r >= self.src.shape[0]:
+            return None
+        shape = (y1 - y0 + 1, x1 - x0 + 1)
+        box_to_em = np.linalg.inv(to_level) @ np.array([[1, 0, x0], [0, 1, y0], [0, 0, 1.0]])
+        tmpl = self._sample(box_to_em, shape, psr, sign)
+        mask = cv2.erode(T.valid_mask(box_to_em, shape, self.em_shape).astype(np.uint8), np.ones((5, 5), np.uint8))
+        win = self.src[y0 - r:y1 + r + 1, x0 - r:x1 + r + 1]
+        resp = cv2.matchTemplate(win, tmpl, METHODS[self.method], mask=mask.astype(np.float32))
+        resp = np.nan_to_num(resp, nan=-1.0, posinf=-1.0, neginf=-1.0)
+        _, _, _, loc = cv2.minMaxLoc(resp)
+        sx, sy, peak = _subpixel(resp, loc)
+        shift = np.array([[1, 0, sx - r], [0, 1, sy - r], [0, 0, 1.0]])
+        return peak, self.level_to_lm @ shift @ to_level
 
     def match(self, psr: float, angle: float, around: Optional[np.ndarray] = None, margin: int = 0,
               sign: int = 1):
@@ -255,16 +283,12 @@ class _Matcher:
         rest[max(0, loc[1] - r):loc[1] + r + 1, max(0, loc[0] - r):loc[0] + r + 1] = -np.inf
         second = float(rest.max()) if np.isfinite(rest.max()) else float(resp.min())
         sharp = peak - second
-        if self.exact:                              # re-sample the template at the sub-pixel peak
-            ix, iy = int(round(sx)), int(round(sy))
-            if 0 <= ix <= src.shape[1] - tw and 0 <= iy <= src.shape[0] - th:
-                tmpl, t_to_em = self.template(psr, angle, shift=(sx - ix, sy - iy), sign=sign)
-                win, vwin = src[iy:iy + th, ix:ix + tw], valid[iy:iy + th, ix:ix + tw]
-                peak = float((_masked_match(win, vwin, tmpl, self.method) if masked else cv2.matchTemplate(
-                    win, tmpl, METHODS[self.method]))[0, 0])
-                sx, sy = ix, iy
         shift = np.array([[1, 0, sx + ox], [0, 1, sy + oy], [0, 0, 1.0]])
         em_to_lm = self.level_to_lm @ shift @ np.linalg.inv(t_to_em)
+        if self.exact:                              # score with the whole EM field of view where possible
+            full = self.footprint_match(em_to_lm, psr, sign)
+            if full is not None:
+                peak, em_to_lm = full
         return float(peak), float(sharp), em_to_lm
 
 
@@ -307,11 +331,11 @@ def estimate_psr(em, lm, *, psr_hint: Optional[float] = None, search: float = 0.
         lo, hi = psr_hint * (1 - search), psr_hint * (1 + search)
     else:
         lo, hi = psr_range
-    if psr_hint is None:                                   # the template must mostly fit in the LM
-        lo = max(lo, _fit_ratio(em_shape, lm_shape) * (1 - 2 * partial))
+    lam = 1.0 / (abs(math.cos(math.radians(rotations))) + abs(math.sin(math.radians(rotations))))
+    if psr_hint is None:                                   # without metadata the EM must lie inside the LM
+        lo = max(lo, _fit_ratio(em_shape, lm_shape) * lam)
     if lo > hi:
         raise InputError("the EM field of view is larger than the LM image at every candidate pixel size ratio.")
-    lam = 1.0 / (abs(math.cos(math.radians(rotations))) + abs(math.sin(math.radians(rotations))))
 
     em_long = max(em_shape)
     matchers: dict[tuple[int, bool], _Matcher] = {}
