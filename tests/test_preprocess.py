@@ -130,6 +130,7 @@ def test_helpers():
     (np.random.rand(64, 64), np.ones((32, 32)), {}, "constant"),
     (np.random.rand(64, 64), np.random.rand(32, 32), {"psr_hint": -2.0}, "positive"),
     (np.random.rand(64, 64), np.random.rand(32, 32), {"method": "sqdiff"}, "method"),
+    (np.random.rand(512, 512), np.random.rand(64, 64), {"psr_range": (1.5, 4.0)}, "larger than the LM"),
 ])
 def test_bad_input_is_one_line_input_error(em, lm, kw, match):
     with pytest.raises(InputError, match=match):

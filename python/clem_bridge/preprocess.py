@@ -147,10 +147,10 @@ def _masked_match(src: np.ndarray, valid: np.ndarray, tmpl: np.ndarray, method: 
     """
     th, tw = tmpl.shape
     v = valid.astype(np.float32)
-    mean_s = float(src[valid].mean())
-    s = (src - mean_s) * v
-    t = tmpl - float(tmpl.mean()) if method == "ccoeff_normed" else tmpl
-    s = s if method == "ccoeff_normed" else src * v
+    if method == "ccoeff_normed":                # centred first: less cancellation in the sums
+        s, t = (src - float(src[valid].mean())) * v, tmpl - float(tmpl.mean())
+    else:
+        s, t = src * v, tmpl
 
     def box(img):                                # window sums, float64
         ii = cv2.integral(img.astype(np.float64))
@@ -177,21 +177,20 @@ class _Matcher:
 
     def __init__(self, em_base, base_to_em, em_shape, lm, level: int, *, method: str, edges: bool,
                  src_sigma: float, tmpl_sigma: float, lam: float, pad: float, exact: bool = False):
-        self.lm_level, self.level_to_lm = _binned(lm, level)
+        lm_level, self.level_to_lm = _binned(lm, level)
         self.level = level
         self.em_base, self.base_to_em = em_base, base_to_em
         self.em_shape = em_shape
         self.method, self.edges, self.lam, self.pad = method, edges, lam, pad
         self.tmpl_sigma, self.exact = tmpl_sigma, exact
-        src = _blur(self.lm_level, src_sigma)
+        src = _blur(lm_level, src_sigma)
         self.src = _blur(_gradient(src), 1.0) if edges else src
         self.fill = float(np.median(self.src))
-        self.valid = np.ones(self.src.shape, bool)
         self.evaluations = 0
         self._blurred: dict[float, np.ndarray] = {}
 
-    def template(self, psr: float, angle: float, shift=(0.0, 0.0), sign: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """Template for (psr, angle), moved by ``shift`` template pixels, and its pixel→EM matrix.
+    def template(self, psr: float, angle: float, sign: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Template for (psr, angle) and the matrix mapping its pixels to EM pixels.
 
         ``sign=-1`` inverts the template contrast (LM and EM with opposite contrast).
         """
@@ -201,8 +200,7 @@ class _Matcher:
         tw = max(4, int(math.floor(self.lam * w / step)))
         ce, ct = T.center_of(self.em_shape), T.center_of((th, tw))
         m = T.compose(np.array([[1, 0, ce[0] - ct[0]], [0, 1, ce[1] - ct[1]], [0, 0, 1.0]]),
-                      T.from_params(rotation_deg=angle, scale=step, center=ct),
-                      np.array([[1, 0, -shift[0]], [0, 1, -shift[1]], [0, 0, 1.0]]))
+                      T.from_params(rotation_deg=angle, scale=step, center=ct))
         return self._sample(m, (th, tw), psr, sign), m
 
     def _sample(self, to_em: np.ndarray, shape, psr: float, sign: int) -> np.ndarray:
@@ -257,7 +255,7 @@ class _Matcher:
         th, tw = tmpl.shape
         pad_y, pad_x = int(self.pad * th), int(self.pad * tw)
         src = cv2.copyMakeBorder(self.src, pad_y, pad_y, pad_x, pad_x, cv2.BORDER_CONSTANT, value=self.fill)
-        valid = np.pad(self.valid, ((pad_y, pad_y), (pad_x, pad_x)))
+        valid = np.pad(np.ones(self.src.shape, bool), ((pad_y, pad_y), (pad_x, pad_x)))
         ox, oy = -pad_x, -pad_y                     # level coords of src[0, 0]
         if around is not None:
             lvl = np.linalg.inv(self.level_to_lm) @ around @ t_to_em
