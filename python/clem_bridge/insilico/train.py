@@ -31,7 +31,6 @@ class TrainConfig:
     patience: int = 3
     val_fraction: float = 0.2
     foreground_fraction: float = 0.5
-    context_fraction: float = 0.5
     seed: int = 0
 
 
@@ -51,37 +50,32 @@ def _bin(img: np.ndarray, b: int) -> np.ndarray:
                       interpolation=cv2.INTER_AREA)
 
 
-def prepare_pairs(pairs: Sequence[tuple[np.ndarray, np.ndarray]], b: int) -> list[tuple[np.ndarray, ...]]:
-    """Check sizes, bin and normalise each (EM, chromatin) pair → (input, target, binned raw EM) float32."""
+def prepare_pairs(pairs: Sequence[tuple[np.ndarray, np.ndarray]], b: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Check sizes, bin and normalise each (EM, chromatin) pair → (input, target) float32 arrays."""
     out = []
     for i, (em, ch) in enumerate(pairs):
         if em.ndim != 2 or em.shape != ch.shape:
             raise InputError(f"training pair {i}: EM {em.shape} and chromatin {ch.shape} must be 2-D and equal in size")
-        raw = _bin(em, b)
-        out.append((normalize_em(raw), normalize_chromatin(_bin(ch, b)), raw))
+        out.append((normalize_em(_bin(em, b)), normalize_chromatin(_bin(ch, b))))
     return out
 
 
 def _split(pairs, val_fraction: float):
     """Bottom ``val_fraction`` of the rows of each pair is validation, the rest training."""
     train, val = [], []
-    for x, y, raw in pairs:
+    for x, y in pairs:
         cut = int(round(x.shape[0] * (1 - val_fraction)))
-        train.append((x[:cut], y[:cut], raw[:cut]))
+        train.append((x[:cut], y[:cut]))
         if x.shape[0] - cut >= 16:
             val.append((x[cut:], y[cut:]))
     return train, val
 
 
 def _sample(rng: np.random.Generator, pairs, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
-    """A batch of augmented patches: flips, 90° rotations, scale 0.9–1.1, EM contrast/offset ±10 %.
-
-    With probability ``context_fraction`` the EM patch is normalised within a random window of 1–4
-    patch sizes around it instead of the whole image, so predictions do not depend on the field of view.
-    """
+    """A batch of augmented patches: flips, 90° rotations, scale 0.9–1.1, EM contrast/offset ±10 %."""
     xs, ys = [], []
     for _ in range(cfg.batch):
-        x, y, raw = pairs[rng.integers(len(pairs))]
+        x, y = pairs[rng.integers(len(pairs))]
         s = float(np.exp(rng.uniform(np.log(0.9), np.log(1.1))))
         n = min(int(round(cfg.patch * s)), *x.shape)
         if rng.random() < cfg.foreground_fraction and (y > 0.5).any():
@@ -92,11 +86,6 @@ def _sample(rng: np.random.Generator, pairs, cfg: TrainConfig) -> tuple[np.ndarr
         else:
             r0, c0 = rng.integers(x.shape[0] - n + 1), rng.integers(x.shape[1] - n + 1)
         px, py = x[r0:r0 + n, c0:c0 + n], y[r0:r0 + n, c0:c0 + n]
-        if rng.random() < cfg.context_fraction:
-            wh, ww = (min(int(n * rng.uniform(1, 4)), d) for d in x.shape)
-            wr = int(np.clip(r0 - rng.integers(wh - n + 1), 0, x.shape[0] - wh))
-            wc = int(np.clip(c0 - rng.integers(ww - n + 1), 0, x.shape[1] - ww))
-            px = normalize_em(raw[wr:wr + wh, wc:wc + ww])[r0 - wr:r0 - wr + n, c0 - wc:c0 - wc + n]
         if n != cfg.patch:
             px = cv2.resize(px, (cfg.patch, cfg.patch), interpolation=cv2.INTER_LINEAR)
             py = cv2.resize(py, (cfg.patch, cfg.patch), interpolation=cv2.INTER_LINEAR)
@@ -134,7 +123,7 @@ def train_model(pairs: Sequence[tuple[np.ndarray, np.ndarray]], cfg: TrainConfig
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
     data = prepare_pairs(pairs, cfg.bin)
-    if min(min(d[0].shape) for d in data) < cfg.patch:
+    if min(min(x.shape) for x, _ in data) < cfg.patch:
         raise InputError(f"training images are smaller than a {cfg.patch}px patch after {cfg.bin}x binning")
     train, val = _split(data, cfg.val_fraction)
     val = val or train
@@ -228,8 +217,8 @@ def train_from_dir(data_dir, out_dir, cfg: TrainConfig = TrainConfig(), *, loo: 
         "normalisation": {"em": "skimage.exposure.equalize_hist, then percentiles 1/99.8 -> 0/1 "
                                 f"(after {cfg.bin}x area binning)",
                           "target": "chromatin percentiles 1/99.8 -> 0/1"},
-        "expected_em_pixel_size": (f"that of the training EM binned {cfg.bin}x" if sizes == {None}
-                                   else sorted(s for s in sizes if s)),
+        "expected_em_pixel_size": ("that of the training EMs (uncalibrated files); the network itself "
+                                   f"sees the EM binned {cfg.bin}x" if sizes == {None} else sorted(s for s in sizes if s)),
         "data": {"folder": Path(data_dir).name, "pairs": [[e.name, c.name] for e, c in files]},
         "validation": {"split": f"bottom {cfg.val_fraction:.0%} of rows of each pair",
                        "best_epoch": res.best_epoch, "val_mse": best["val_mse"],
