@@ -123,3 +123,12 @@ def test_unknown_preset_and_missing_gpu():
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="CUDA"):
             register_mine(pair.em, pair.lm["reflected"], device="cuda")
+
+
+@pytest.mark.parametrize("ratio", [1.4, 0.75])
+def test_lm_pixel_size_differing_by_up_to_40_percent_is_found(ratio):
+    """The global search sweeps scale 0.625–1.6, so uncalibrated pixel-size ratios are captured."""
+    pair = make_pair((256, 256), seed=3, lm_pixel_ratio=ratio)
+    reg = register_mine(pair.em, pair.lm["reflected"], seed=0, device="cpu")
+    assert reg.metrics["search_scale"] == pytest.approx(1 / ratio, rel=0.05)
+    assert T.tre(reg.fixed_to_moving, pair.fixed_to_moving, (256, 256)) < 1.0

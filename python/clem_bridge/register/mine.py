@@ -78,7 +78,7 @@ class MineParams:
     global_search: bool = True
     rotation_range_deg: float = 45.0
     rotation_step_deg: float = 3.0
-    search_scales: tuple = (0.95, 1.0, 1.05)
+    search_scales: tuple = tuple(float(x) for x in np.geomspace(0.625, 1.6, 11))   # LM/EM pixel-scale guesses
     max_shift_frac: float = 0.25
     search_size: int = 128
     max_working_size: int = 2048      # larger inputs are registered binned and the matrix rescaled

@@ -89,10 +89,14 @@ def global_search(fixed: np.ndarray, moving: np.ndarray, *, rotation_range_deg: 
         return max(out, key=lambda r: r[0])
 
     n = int(round(rotation_range_deg / rotation_step_deg))
-    coarse = sweep([k * rotation_step_deg for k in range(-n, n + 1)], scales)
-    fine_step = rotation_step_deg / 6.0
-    fine = sweep([coarse[1] + k * fine_step for k in range(-5, 6)], [coarse[2]])
-    best = fine if fine[0] >= coarse[0] else coarse
+    best = sweep([k * rotation_step_deg for k in range(-n, n + 1)], scales)
+    # local refinement: rotation in steps of 1/6 of the sweep, then scale in quarter steps of the sweep
+    fine = sweep([best[1] + k * rotation_step_deg / 6.0 for k in range(-5, 6)], [best[2]])
+    best = max(best, fine, key=lambda r: r[0])
+    if len(scales) > 1:
+        ratio = (max(scales) / min(scales)) ** (1.0 / (len(scales) - 1))
+        fine = sweep([best[1]], [best[2] * ratio ** (k / 4.0) for k in range(-3, 4)])
+        best = max(best, fine, key=lambda r: r[0])
     score, angle, scale, mat = best
     return SearchResult(fixed_to_moving=mat, rotation_deg=float(angle), scale=float(scale),
                         translation=(float(mat[0, 2]), float(mat[1, 2])), score=score)
