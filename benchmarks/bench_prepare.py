@@ -9,7 +9,8 @@ peak value), with a metadata PSR 5 % off and without metadata.
 ``large``: a synthetic 12,000² EM (8-bit) + 2,048² two-channel LM (16-bit) at PSR 8.05 written to
 calibrated TIFFs, then in a fresh process: read, PSR/field of view, MINE registration at the working
 size, composed matrix, strip-wise warp of both LM channels at full EM resolution into a TIFF.  Reports
-wall time, peak RSS of that process and TRE against the truth.  Usage::
+wall time, peak RSS of that process and TRE against the truth; then the same through
+``pipeline.register_files(prepare=True)`` (what ``clem-bridge register --prepare`` runs).  Usage::
 
     OMP_NUM_THREADS=2 python benchmarks/bench_prepare.py [--psr] [--large] [--ratios 2,3,5,8.05,10]
 """
@@ -126,14 +127,34 @@ print(json.dumps({"wall_s": round(t4 - t0, 1), "read_s": round(t1 - t0, 1), "pre
 """
 
 
+RUN_PIPELINE = r"""
+import json, sys, time, resource
+from pathlib import Path
+t0 = time.perf_counter()
+from clem_bridge.pipeline import register_files
+from clem_bridge import transforms as T
+d = Path(sys.argv[1])
+reg = register_files(d / "em.tif", d / "lm.tif", d / "out", prepare=True, device="cpu")
+truth = json.loads((d / "truth.json").read_text())["fixed_to_moving"]
+print(json.dumps({"wall_s": round(time.perf_counter() - t0, 1), "tre_final_lm_px": round(T.tre(
+    reg.fixed_to_moving, truth, reg.fixed_shape, step=64), 3),
+    "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+    "outputs": sorted(p.name for p in (d / "out").iterdir())}))
+"""
+
+
+def _run(script: str, *args) -> dict:
+    out = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def bench_large(work: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="clem_large_") as tmp:
         t0 = time.perf_counter()
         make_large(Path(tmp))
         gen = time.perf_counter() - t0
-        out = subprocess.run([sys.executable, "-c", RUN_LARGE, tmp, str(work)], capture_output=True, text=True,
-                             check=True)
-        res = json.loads(out.stdout.strip().splitlines()[-1])
+        res = _run(RUN_LARGE, tmp, work)
+        res["pipeline_register_files_prepare"] = _run(RUN_PIPELINE, tmp)   # what `register --prepare` runs
         res.update({"em_shape": [LARGE["em"]] * 2, "lm_shape": [2, LARGE["lm"], LARGE["lm"]], "true_psr": LARGE["psr"],
                     "metadata_psr": round(LARGE["psr"] * 1.04, 4), "work_size": work,
                     "data_generation_s": round(gen, 1), "target": "<= 180 s, <= 6 GiB"})
