@@ -28,6 +28,7 @@ def add_commands(app) -> None:
         steps: int = typer.Option(40, "--steps", help="Steps per epoch."),
         bin_: int = typer.Option(2, "--bin", help="EM binning the network works at."),
         seed: int = typer.Option(0, "--seed", help="Random seed."),
+        device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
     ) -> None:
         """Train the chromatin U-Net; writes weights.pt and model.yaml (the model card)."""
         from ..insilico.train import TrainConfig, train_from_dir
@@ -36,7 +37,7 @@ def add_commands(app) -> None:
             cfg = TrainConfig(patch=patch, max_epochs=epochs, steps_per_epoch=steps, bin=bin_, seed=seed)
             extra = {"data_source": source, "data_licence": licence,
                      "command": "clem-bridge " + shlex.join(sys.argv[1:])}
-            model = train_from_dir(data, out, cfg, loo=loo, loo_dir=loo_dir, card_extra=extra,
+            model = train_from_dir(data, out, cfg, loo=loo, loo_dir=loo_dir, device=device, card_extra=extra,
                                    log=lambda m: typer.echo(m, err=True))
             r = model.card["leave_one_out_mean_pearson_r"]
             typer.echo(f"model written to {out}" + (f"; leave-one-out Pearson r {r:.3f}" if r is not None else ""))

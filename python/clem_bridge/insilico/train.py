@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import yaml
 
+from ..device import select_device
 from ..errors import InputError
 from .normalize import normalize_chromatin, normalize_em
 from .predict import CARD, WEIGHTS, ChromatinModel, predict_chromatin, predict_tiles
@@ -115,7 +116,7 @@ def _validate(net: UNet, val) -> tuple[float, float]:
 
 
 def train_model(pairs: Sequence[tuple[np.ndarray, np.ndarray]], cfg: TrainConfig = TrainConfig(), *,
-                log: Optional[Callable[[str], None]] = None) -> TrainResult:
+                device="cpu", log: Optional[Callable[[str], None]] = None) -> TrainResult:
     """Train a U-Net on registered (EM, chromatin) pairs; early stopping on validation MSE (best weights kept)."""
     t0 = time.perf_counter()
     if not pairs:
@@ -127,14 +128,15 @@ def train_model(pairs: Sequence[tuple[np.ndarray, np.ndarray]], cfg: TrainConfig
         raise InputError(f"training images are smaller than a {cfg.patch}px patch after {cfg.bin}x binning")
     train, val = _split(data, cfg.val_fraction)
     val = val or train
-    net = UNet(cfg.base, cfg.depth)
+    dev = select_device(str(device))
+    net = UNet(cfg.base, cfg.depth).to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     best, best_state, best_epoch, history = np.inf, None, 0, []
     for epoch in range(1, cfg.max_epochs + 1):
         losses = []
         for _ in range(cfg.steps_per_epoch):
             x, y = _sample(rng, train, cfg)
-            loss = torch.nn.functional.mse_loss(net(torch.from_numpy(x)), torch.from_numpy(y))
+            loss = torch.nn.functional.mse_loss(net(torch.from_numpy(x).to(dev)), torch.from_numpy(y).to(dev))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -155,18 +157,18 @@ def train_model(pairs: Sequence[tuple[np.ndarray, np.ndarray]], cfg: TrainConfig
     return TrainResult(ChromatinModel(net.eval(), card), history, best_epoch, time.perf_counter() - t0)
 
 
-def leave_one_out(pairs, cfg: TrainConfig, *, save_dir=None, log=None) -> list[float]:
+def leave_one_out(pairs, cfg: TrainConfig, *, save_dir=None, device="cpu", log=None) -> list[float]:
     """Pearson r of each pair's prediction by a model trained on the others (full resolution, EM grid).
 
     With ``save_dir`` the fold models are kept as ``save_dir/fold<i>`` (for benchmarks).
     """
     rs = []
     for i in range(len(pairs)):
-        res = train_model([p for j, p in enumerate(pairs) if j != i], cfg, log=log)
+        res = train_model([p for j, p in enumerate(pairs) if j != i], cfg, device=device, log=log)
         if save_dir is not None:
             save_model(res.model, Path(save_dir) / f"fold{i}", {"held_out_pair": i})
         em, ch = pairs[i]
-        rs.append(pearson(predict_chromatin(em, res.model, device="cpu"), ch))
+        rs.append(pearson(predict_chromatin(em, res.model, device=device), ch))
         if log:
             log(f"leave-one-out fold {i}: pearson r {rs[-1]:.3f}")
     return rs
@@ -197,7 +199,7 @@ def find_pairs(data_dir) -> list[tuple[Path, Path]]:
 
 
 def train_from_dir(data_dir, out_dir, cfg: TrainConfig = TrainConfig(), *, loo: bool = True,
-                   loo_dir=None, card_extra: Optional[dict] = None, log=None) -> ChromatinModel:
+                   loo_dir=None, device="cpu", card_extra: Optional[dict] = None, log=None) -> ChromatinModel:
     """Read the pairs in ``data_dir``, optionally report leave-one-out Pearson r, train on all, save with a card."""
     from ..io import check_image, read_image, select_channel
     from .correlate import chromatin_channel
@@ -210,8 +212,8 @@ def train_from_dir(data_dir, out_dir, cfg: TrainConfig = TrainConfig(), *, loo: 
         pairs.append((check_image(select_channel(em_img), em_p.name).astype(np.float32),
                       check_image(ch_img.data[ci], ch_p.name).astype(np.float32)))
         sizes.add(None if em_img.pixel_size is None else em_img.pixel_size.model_dump_json())
-    loo_r = leave_one_out(pairs, cfg, save_dir=loo_dir, log=log) if loo and len(pairs) > 1 else []
-    res = train_model(pairs, cfg, log=log)
+    loo_r = leave_one_out(pairs, cfg, save_dir=loo_dir, device=device, log=log) if loo and len(pairs) > 1 else []
+    res = train_model(pairs, cfg, device=device, log=log)
     best = res.history[res.best_epoch - 1]
     card = {
         "normalisation": {"em": "skimage.exposure.equalize_hist, then percentiles 1/99.8 -> 0/1 "
