@@ -156,3 +156,21 @@ def test_cli_predict_and_correlate(tiny, tmp_path):
     r = runner.invoke(app, ["correlate", str(tmp_path / "em.tif"), str(tmp_path / "lm.tif"), "--out", str(out),
                             "--model", str(folder)])
     assert r.exit_code == 2 and "chromatin channel" in r.output and "Traceback" not in r.output
+
+
+def test_cli_train_chromatin_writes_model_and_card(tmp_path):
+    data = tmp_path / "data"
+    for k, seed in (("a", 1), ("b", 2)):
+        p = S.make_pair((96, 96), seed=seed)
+        write_tiff(data / f"em_{k}.tif", p.em)
+        write_tiff(data / f"chromatin_{k}.tif", phantom_chromatin(p).astype(np.float32))
+    out = tmp_path / "models" / "mini"
+    r = CliRunner().invoke(app, ["train-chromatin", "--data", str(data), "--out", str(out), "--epochs", "2",
+                                 "--steps", "2", "--patch", "32", "--bin", "1", "--licence", "CC0"])
+    assert r.exit_code == 0, r.output
+    card = load_model(out).card
+    assert card["data_licence"] == "CC0" and card["command"].startswith("clem-bridge train-chromatin")
+    assert len(card["leave_one_out_pearson_r"]) == 2 and card["architecture"]["bin"] == 1
+    assert card["data"]["pairs"] == [["em_a.tif", "chromatin_a.tif"], ["em_b.tif", "chromatin_b.tif"]]
+    r = CliRunner().invoke(app, ["train-chromatin", "--data", str(tmp_path / "nowhere"), "--out", str(out)])
+    assert r.exit_code == 2 and r.output.strip().startswith("error:") and "Traceback" not in r.output

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -36,7 +35,10 @@ def add_commands(app) -> None:
         with user_errors():
             cfg = TrainConfig(patch=patch, max_epochs=epochs, steps_per_epoch=steps, bin=bin_, seed=seed)
             extra = {"data_source": source, "data_licence": licence,
-                     "command": "clem-bridge " + shlex.join(sys.argv[1:])}
+                     "command": shlex.join(["clem-bridge", "train-chromatin", "--data", str(data), "--out", str(out),
+                                            "--source", source, "--licence", licence, "--loo" if loo else "--no-loo",
+                                            "--patch", str(patch), "--epochs", str(epochs), "--steps", str(steps),
+                                            "--bin", str(bin_), "--seed", str(seed)])}
             model = train_from_dir(data, out, cfg, loo=loo, loo_dir=loo_dir, device=device, card_extra=extra,
                                    log=lambda m: typer.echo(m, err=True))
             r = model.card["leave_one_out_mean_pearson_r"]
