@@ -92,6 +92,12 @@ def test_model_folder_round_trip(tiny, monkeypatch):
     assert load_model("tiny").card["note"] == "test"
     with pytest.raises(InputError, match="not found"):
         load_model("no-such-model")
+    broken = folder.parent / "broken"
+    broken.mkdir(exist_ok=True)
+    (broken / "model.yaml").write_text((folder / "model.yaml").read_text())
+    (broken / "weights.pt").write_bytes(b"not a torch file")
+    with pytest.raises(InputError, match="could not be loaded"):
+        load_model(broken)
 
 
 @pytest.mark.parametrize("bad", [np.full((64, 64), 7.0), np.zeros((4, 64)), np.zeros((2, 32, 32)),

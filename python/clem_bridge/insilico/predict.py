@@ -53,10 +53,14 @@ class ChromatinModel:
 def load_model(name=DEFAULT_MODEL, device="cpu") -> ChromatinModel:
     """Load ``models/<name>`` (or a folder path) onto ``device``."""
     path = resolve_model(name)
-    card = yaml.safe_load((path / CARD).read_text())
-    arch = card["architecture"]
-    net = UNet(base=int(arch["base"]), depth=int(arch["depth"]))
-    net.load_state_dict(torch.load(path / WEIGHTS, map_location="cpu", weights_only=True))
+    try:
+        card = yaml.safe_load((path / CARD).read_text())
+        arch = card["architecture"]
+        net = UNet(base=int(arch["base"]), depth=int(arch["depth"]))
+        net.load_state_dict(torch.load(path / WEIGHTS, map_location="cpu", weights_only=True))
+    except Exception as e:   # damaged or foreign files: one sentence, no traceback
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise InputError(f"model folder {path} could not be loaded: {reason}") from None
     return ChromatinModel(net.to(select_device(str(device))).eval(), card, path)
 
 
