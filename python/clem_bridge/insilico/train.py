@@ -27,8 +27,8 @@ class TrainConfig:
     patch: int = 96
     batch: int = 8
     lr: float = 1e-3
-    steps_per_epoch: int = 40
-    max_epochs: int = 12
+    steps_per_epoch: int = 80
+    max_epochs: int = 16
     patience: int = 3
     val_fraction: float = 0.2
     foreground_fraction: float = 0.5
