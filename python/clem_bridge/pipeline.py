@@ -26,6 +26,22 @@ OVERLAY_PNG = "overlay.png"
 MI_CURVE_PNG = "mi_curve.png"
 
 
+def output_dir(path) -> Path:
+    """``path`` as a Path, refusing an existing non-folder."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output path {out} exists and is not a folder")
+    return out
+
+
+def read_em(em_path) -> tuple[np.ndarray, ImageData]:
+    """The EM file as a checked 2-D image (RGB → grey); multi-channel EMs are refused."""
+    em_img = read_image(em_path)
+    if em_img.data.shape[0] > 1 and not em_img.rgb:
+        raise InputError(f"EM file {em_img.path.name} has {em_img.data.shape[0]} channels; give a single-channel EM")
+    return check_image(select_channel(em_img), f"EM image {em_img.path.name}"), em_img
+
+
 def load_lm_channels(lm_path, extra_channel_paths: Optional[Sequence] = None
                      ) -> tuple[list[np.ndarray], ImageData]:
     """All channels of the LM file followed by those of each extra file; sizes must agree."""
@@ -67,13 +83,8 @@ def register_files(em_path, lm_path, out_dir, *, reg_channel: int = 0, channels:
     from .register import register_mine
 
     t0 = time.perf_counter()
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"output path {out} exists and is not a folder")
-    em_img = read_image(em_path)
-    if em_img.data.shape[0] > 1 and not em_img.rgb:
-        raise InputError(f"EM file {em_img.path.name} has {em_img.data.shape[0]} channels; give a single-channel EM")
-    em = check_image(select_channel(em_img), f"EM image {em_img.path.name}")
+    out = output_dir(out_dir)
+    em, em_img = read_em(em_path)
     lm_chans, lm_img = load_lm_channels(lm_path, extra_channel_paths)
     picked = _pick(len(lm_chans), reg_channel, channels)
     moving = check_image(lm_chans[reg_channel], f"LM registration channel {reg_channel} of {lm_img.path.name}")

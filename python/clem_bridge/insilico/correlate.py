@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import cv2
@@ -325,18 +324,13 @@ def correlate_files(em_path, chromatin_path, out_dir, *, chromatin_channel_index
     ``channels`` index the chromatin file's channels followed by those of ``extra_channel_paths``
     (None = all); they are warped onto the EM grid.  The overlay shows the chromatin in blue.
     """
-    from ..io import read_image, select_channel, write_tiff
-    from ..pipeline import load_lm_channels
+    from ..io import write_tiff
+    from ..pipeline import load_lm_channels, output_dir, read_em
     from ..quality import DEFAULT_COLOURS, save_overlay_png
 
     t0 = time.perf_counter()
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"output path {out} exists and is not a folder")
-    em_img = read_image(em_path)
-    if em_img.data.shape[0] > 1 and not em_img.rgb:
-        raise InputError(f"EM file {em_img.path.name} has {em_img.data.shape[0]} channels; give a single-channel EM")
-    em = check_image(select_channel(em_img), f"EM image {em_img.path.name}")
+    out = output_dir(out_dir)
+    em, em_img = read_em(em_path)
     chans, lm_img = load_lm_channels(chromatin_path, extra_channel_paths)
     ci = chromatin_channel(lm_img.data.shape[0], lm_img.rgb, chromatin_channel_index, lm_img.path.name)
     chrom = check_image(chans[ci], f"chromatin channel {ci} of {lm_img.path.name}")

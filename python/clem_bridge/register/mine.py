@@ -25,7 +25,7 @@ The result follows :mod:`clem_bridge.transforms`: ``fixed_to_moving`` maps EM pi
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
 import cv2

@@ -8,7 +8,7 @@ import uvicorn
 
 from ..errors import InputError
 from .app import create_app
-from .settings import Settings, default_data_dir
+from .settings import Settings
 
 
 def bind(host: str, port: int) -> socket.socket:
