@@ -30,6 +30,7 @@ def test_known_affine_recovered_within_1px(name):
     assert np.allclose(reg.moving_to_fixed @ reg.fixed_to_moving, np.eye(3), atol=1e-9)
     assert abs(reg.metrics["ncc"]) > 0.2 and reg.metrics["mi"] > 0.05   # reflected LM is contrast-inverted
     assert set(reg.metrics) >= {"ncc", "mi", "ms_ssim"}
+    assert reg.warnings == []
     assert reg.iterations == len(reg.mi_curve) > 0
 
 
@@ -132,3 +133,12 @@ def test_lm_pixel_size_differing_by_up_to_40_percent_is_found(ratio):
     reg = register_mine(pair.em, pair.lm["reflected"], seed=0, device="cpu")
     assert reg.metrics["search_scale"] == pytest.approx(1 / ratio, rel=0.05)
     assert T.tre(reg.fixed_to_moving, pair.fixed_to_moving, (256, 256)) < 1.0
+
+
+def test_unrelated_lm_gets_a_low_mi_warning_not_a_silent_result():
+    """An LM that shares no structure with the EM (here: the EM of another phantom) is flagged."""
+    em = make_pair((256, 256), seed=1).em
+    unrelated = make_pair((256, 256), seed=99).lm["fluorescence"]
+    reg = register_mine(em, unrelated, device="cpu")
+    assert any("low mutual information" in w for w in reg.warnings), reg.metrics
+    assert reg.to_record().warnings == reg.warnings

@@ -27,6 +27,7 @@ class Registration:
     device: str = "cpu"
     fixed_pixel_size: Optional[PixelSize] = None
     moving_pixel_size: Optional[PixelSize] = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def moving_to_fixed(self) -> np.ndarray:
@@ -39,7 +40,8 @@ class Registration:
             fixed_shape=list(self.fixed_shape), moving_shape=list(self.moving_shape),
             pixel_size=PixelSizes(fixed=self.fixed_pixel_size, moving=self.moving_pixel_size),
             method=self.method, params=self.params, metrics=self.metrics, timings=self.timings,
-            iterations=self.iterations, device=self.device, mi_curve=[float(v) for v in self.mi_curve])
+            iterations=self.iterations, device=self.device, mi_curve=[float(v) for v in self.mi_curve],
+            warnings=list(self.warnings))
 
     @classmethod
     def from_record(cls, rec: TransformRecord) -> "Registration":
@@ -47,7 +49,8 @@ class Registration:
                    moving_shape=tuple(rec.moving_shape), method=rec.method, params=rec.params,
                    metrics=rec.metrics, timings=rec.timings, mi_curve=rec.mi_curve,
                    iterations=rec.iterations, device=rec.device,
-                   fixed_pixel_size=rec.pixel_size.fixed, moving_pixel_size=rec.pixel_size.moving)
+                   fixed_pixel_size=rec.pixel_size.fixed, moving_pixel_size=rec.pixel_size.moving,
+                   warnings=list(rec.warnings))
 
     def save_json(self, path) -> Path:
         p = Path(path)

@@ -37,5 +37,6 @@ class TransformRecord(BaseModel):
     iterations: int = 0
     device: str = "cpu"
     mi_curve: list[float] = []
+    warnings: list[str] = []
     convention: str = CONVENTION
     version: str = __version__

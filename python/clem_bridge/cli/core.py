@@ -69,6 +69,8 @@ def _summary(reg, out: Path) -> None:
                + ", ".join(f"{k} {v:.3f}" for k, v in m.items()))
     for name in (TRANSFORM_JSON, WARPED_TIFF, OVERLAY_PNG, MI_CURVE_PNG):
         typer.echo(f"  {out / name}")
+    for warning in reg.warnings:
+        typer.echo(f"warning: {warning}", err=True)
 
 
 def _register_local(em: Path, lm: Path, out: Path, **kw):
