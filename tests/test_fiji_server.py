@@ -196,3 +196,18 @@ def test_deepclem_end_to_end(env, tmp_path):
     assert rec.params.get("model") == "chromatin-v1"
     assert_warp_matches(tmp_path / "out" / "warped_channels.tif", env["lm"][1:2], rec.fixed_to_moving, (256, 256),
                         min_valid=0.01)  # equality of the warps, whatever the correlation found
+
+
+def test_register_script_logs_the_servers_warnings(env):
+    """An LM that shares nothing with the EM still finishes, but the Fiji log says the result is doubtful."""
+    root = env["root"] / "unrelated"
+    root.mkdir()
+    other = synthetic.make_pair((256, 256), seed=99)
+    io.write_tiff(root / "em.tif", (env["pair"].em * 255).round().astype(np.uint8))
+    io.write_tiff(root / "lm.tif", (other.lm["fluorescence"] * 60000).round().astype(np.uint16))
+    r = run_script(env["app"], "Register_EM-LM.py",
+                   f'em_file="{root / "em.tif"}",lm_file="{root / "lm.tif"}",reg_channel=0,channels="",'
+                   f'server_url="{env["url"]}",token="{TOKEN}",preset="fast",out_dir="{root / "out"}"')
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "warning: low mutual information" in r.stdout
+    assert load_transform_json(root / "out" / "transform.json").warnings

@@ -592,6 +592,8 @@ def submit_and_wait(server, endpoint, files, params, label):
     job = server.wait_job(job["id"], label)
     record = server.get_json("/v1/jobs/%s/result" % job["id"])
     check_matrix(record.get("fixed_to_moving"), "the server's fixed_to_moving")
+    for warning in record.get("warnings") or []:
+        log("warning: " + warning)
     return record, job
 
 
