@@ -242,7 +242,7 @@ def register_chromatin(predicted: np.ndarray, chromatin: np.ndarray, *, params: 
     init, coarse = coarse_search(fixed, moving, params, prior, cancelled)
     t1 = time.perf_counter()
     if progress:
-        progress(Progress("refinement", 0, None, coarse, 0.7))
+        progress(Progress("refinement", 0, None, None, 0.7))
     m, score = init, coarse
     for size in (params.refine_size // 2, params.refine_size):
         if cancelled is not None and cancelled():
@@ -258,7 +258,7 @@ def register_chromatin(predicted: np.ndarray, chromatin: np.ndarray, *, params: 
     warped, valid = T.warp_channels([moving], m, fixed.shape)
     q = ncc(fixed, warped[0], valid) if valid.sum() > 16 else 0.0
     if progress:
-        progress(Progress("done", 1, 1, q, 1.0))
+        progress(Progress("done", 1, 1, None, 1.0))
     return Registration(fixed_to_moving=m, fixed_shape=tuple(fixed.shape), moving_shape=tuple(moving.shape),
                         method=f"deepclem-{params.model}", params={**params.__dict__, "scale_prior": prior},
                         metrics={"ncc": q, "coarse_ncc": coarse, "refined_ncc": score, "overlap": float(valid.mean())},
