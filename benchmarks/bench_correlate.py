@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from clem_bridge import transforms as T
 from clem_bridge.insilico.correlate import SearchParams, coarse_search, register_chromatin

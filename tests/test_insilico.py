@@ -1,7 +1,6 @@
 """Chromatin U-Net: normalisation, tiled inference, training on phantoms, model files, shipped model, CLI."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
