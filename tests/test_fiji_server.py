@@ -16,6 +16,7 @@ import pytest
 import tifffile
 
 from clem_bridge import export, io, synthetic, transforms
+from clem_bridge.insilico import DEFAULT_MODEL
 from clem_bridge.result import load_transform_json
 from fiji_utils import jvm_missing, make_fiji_app, run_script
 from server_utils import running_server
@@ -181,7 +182,7 @@ def test_deepclem_end_to_end(env, tmp_path):
     from clem_bridge.errors import InputError
     from clem_bridge.insilico.predict import resolve_model
     try:
-        resolve_model("chromatin-v1")
+        resolve_model(DEFAULT_MODEL)
     except InputError as e:
         pytest.skip(f"the chromatin model is not in models/ ({e})")
     pair, root = env["pair"], env["root"]
@@ -193,7 +194,7 @@ def test_deepclem_end_to_end(env, tmp_path):
                    f'out_dir="{tmp_path / "out"}"')
     assert r.returncode == 0, r.stdout + r.stderr
     rec = load_transform_json(tmp_path / "out" / "transform.json")
-    assert rec.params.get("model") == "chromatin-v1"
+    assert rec.params.get("model") == DEFAULT_MODEL
     assert_warp_matches(tmp_path / "out" / "warped_channels.tif", env["lm"][1:2], rec.fixed_to_moving, (256, 256),
                         min_valid=0.01)  # equality of the warps, whatever the correlation found
 

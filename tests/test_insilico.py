@@ -15,6 +15,7 @@ from clem_bridge import transforms as T
 from clem_bridge.cli import app
 from clem_bridge.errors import Cancelled, InputError
 from clem_bridge.insilico.normalize import normalize_em, percentile_normalize
+from clem_bridge.insilico import DEFAULT_MODEL
 from clem_bridge.insilico.predict import load_model, models_root, predict_chromatin, predict_tiles
 from clem_bridge.insilico.train import TrainConfig, pearson, save_model, train_model
 from clem_bridge.insilico.unet import UNet
@@ -22,7 +23,7 @@ from clem_bridge.io import read_image, write_tiff
 from clem_bridge.result import load_transform_json
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "deepclem"
-SHIPPED = models_root() / "chromatin-v1"
+SHIPPED = models_root() / DEFAULT_MODEL
 
 
 def phantom_chromatin(pair: S.SyntheticPair) -> np.ndarray:
@@ -107,7 +108,7 @@ def test_bad_em_is_an_input_error(tiny, bad):
 
 
 def test_shipped_model_predicts_sample_crop():
-    model = load_model("chromatin-v1", device="cpu")
+    model = load_model(DEFAULT_MODEL, device="cpu")
     card = model.card
     assert card["data_licence"] == "MIT" and len(card["leave_one_out_pearson_r"]) == 3
     assert (SHIPPED / "weights.pt").stat().st_size < 5_000_000
@@ -123,7 +124,7 @@ def test_shipped_model_on_full_training_field():
     """On a whole training field (not held out: a sanity check; held-out numbers are in the card)."""
     em = read_image(SHARED / "em_s6.png").data[0]
     chrom = read_image(SHARED / "chromatin_s6.png").data[0]
-    pred = predict_chromatin(em, "chromatin-v1", device="cpu")
+    pred = predict_chromatin(em, DEFAULT_MODEL, device="cpu")
     assert pearson(pred, chrom) > 0.4
     assert -0.5 < np.percentile(pred, 1) < 0.2 and 0.2 < np.percentile(pred, 99.9) < 3.0
 
@@ -179,3 +180,22 @@ def test_cli_train_chromatin_writes_model_and_card(tmp_path):
     assert card["data"]["pairs"] == [["em_a.tif", "chromatin_a.tif"], ["em_b.tif", "chromatin_b.tif"]]
     r = CliRunner().invoke(app, ["train-chromatin", "--data", str(tmp_path / "nowhere"), "--out", str(out)])
     assert r.exit_code == 2 and r.output.strip().startswith("error:") and "Traceback" not in r.output
+
+
+def test_clahe_normalises_a_crop_like_the_full_field():
+    """Half the field is empty bright resin: global equalisation of the full image then maps the cells
+    differently from a crop of the cells alone; CLAHE (local, the shipped model's) barely changes."""
+    em = S.make_pair((512, 512), seed=2).em.copy()
+    em[:, 300:] = 0.95 + 0.02 * np.random.default_rng(0).standard_normal((512, 212))
+    diffs = {}
+    for method in ("clahe", "equalize_hist"):
+        full = normalize_em(em, method)[164:292, 64:192]
+        alone = normalize_em(em[100:356, 0:256], method)[64:-64, 64:-64]
+        diffs[method] = float(np.mean(np.abs(full - alone)))
+    assert diffs["clahe"] < 0.06 < 0.15 < diffs["equalize_hist"], diffs
+    with pytest.raises(ValueError, match="normalisation"):
+        normalize_em(em, "zscore")
+
+
+def test_shipped_model_card_names_its_normalisation():
+    assert load_model(DEFAULT_MODEL, device="cpu").em_normalisation == "clahe"

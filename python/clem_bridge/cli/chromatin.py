@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import InputError
+from ..insilico import DEFAULT_MODEL
 from .core import parse_channels, progress_bar, user_errors
 
 
@@ -27,18 +28,25 @@ def add_commands(app) -> None:
         steps: int = typer.Option(80, "--steps", help="Steps per epoch."),
         bin_: int = typer.Option(2, "--bin", help="EM binning the network works at."),
         seed: int = typer.Option(0, "--seed", help="Random seed."),
+        em_normalisation: str = typer.Option("equalize_hist", "--em-normalisation",
+                                             help="equalize_hist (global, DeepCLEM) or clahe (local: robust to EM crops)."),
         device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
     ) -> None:
         """Train the chromatin U-Net; writes weights.pt and model.yaml (the model card)."""
         from ..insilico.train import TrainConfig, train_from_dir
 
         with user_errors():
-            cfg = TrainConfig(patch=patch, max_epochs=epochs, steps_per_epoch=steps, bin=bin_, seed=seed)
+            from ..insilico.normalize import EM_METHODS
+            if em_normalisation not in EM_METHODS:
+                raise InputError(f"--em-normalisation must be one of {', '.join(EM_METHODS)} (got {em_normalisation!r})")
+            cfg = TrainConfig(patch=patch, max_epochs=epochs, steps_per_epoch=steps, bin=bin_, seed=seed,
+                              em_normalisation=em_normalisation)
             extra = {"data_source": source, "data_licence": licence,
                      "command": shlex.join(["clem-bridge", "train-chromatin", "--data", str(data), "--out", str(out),
                                             "--source", source, "--licence", licence, "--loo" if loo else "--no-loo",
                                             "--patch", str(patch), "--epochs", str(epochs), "--steps", str(steps),
-                                            "--bin", str(bin_), "--seed", str(seed)])}
+                                            "--bin", str(bin_), "--seed", str(seed),
+                                            "--em-normalisation", em_normalisation])}
             model = train_from_dir(data, out, cfg, loo=loo, loo_dir=loo_dir, device=device, card_extra=extra,
                                    log=lambda m: typer.echo(m, err=True))
             r = model.card["leave_one_out_mean_pearson_r"]
@@ -48,7 +56,7 @@ def add_commands(app) -> None:
     def predict_chromatin_cmd(
         em: Path = typer.Argument(..., help="EM image (TIFF/PNG/JPEG)."),
         out: Path = typer.Option(..., "--out", "-o", help="Output TIFF (float32, EM calibration)."),
-        model: str = typer.Option("chromatin-v1", "--model", help="Model name under models/ or a model folder."),
+        model: str = typer.Option(DEFAULT_MODEL, "--model", help="Model name under models/ or a model folder."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     ) -> None:
         """Predict the chromatin stain of an EM image."""
@@ -74,7 +82,7 @@ def add_commands(app) -> None:
                                                         help="Chromatin channel (default: blue of RGB, or the only one)."),
         extra_channel: List[Path] = typer.Option([], "--extra-channel",
                                                  help="Extra LM channel file on the chromatin grid (repeatable)."),
-        model: str = typer.Option("chromatin-v1", "--model", help="Model name under models/ or a model folder."),
+        model: str = typer.Option(DEFAULT_MODEL, "--model", help="Model name under models/ or a model folder."),
         max_rotation: float = typer.Option(180.0, "--max-rotation", help="Rotation search range ± degrees."),
         transform: str = typer.Option("similarity", "--transform",
                                       help="similarity (rotation, scale, shift; default) or affine."),

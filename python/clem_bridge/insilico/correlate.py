@@ -31,6 +31,7 @@ from ..io import check_image
 from ..register.mine import CancelFn, Progress, ProgressFn
 from ..result import Registration
 from ..schema import PixelSize
+from . import DEFAULT_MODEL
 from .normalize import normalize_chromatin
 
 
@@ -285,7 +286,7 @@ def _stage(progress: Optional[ProgressFn], start: float, end: float) -> Optional
     return lambda p: progress(Progress(p.stage, p.iteration, p.total, p.mi, start + (end - start) * p.fraction))
 
 
-def correlate(em: np.ndarray, chromatin: np.ndarray, *, model="chromatin-v1", params: SearchParams = SearchParams(),
+def correlate(em: np.ndarray, chromatin: np.ndarray, *, model=DEFAULT_MODEL, params: SearchParams = SearchParams(),
               em_pixel_size: Optional[PixelSize] = None, chromatin_pixel_size: Optional[PixelSize] = None,
               device="auto", progress: Optional[ProgressFn] = None,
               cancelled: Optional[CancelFn] = None) -> tuple[Registration, np.ndarray]:
@@ -316,7 +317,7 @@ def chromatin_channel(n_channels: int, rgb: bool, channel: Optional[int], name: 
 
 
 def correlate_files(em_path, chromatin_path, out_dir, *, chromatin_channel_index: Optional[int] = None,
-                    channels: Optional[list[int]] = None, extra_channel_paths=None, model="chromatin-v1",
+                    channels: Optional[list[int]] = None, extra_channel_paths=None, model=DEFAULT_MODEL,
                     params: SearchParams = SearchParams(), device="auto", progress: Optional[ProgressFn] = None,
                     cancelled: Optional[CancelFn] = None) -> Registration:
     """DeepCLEM on files; writes ``transform.json``, ``predicted_chromatin.tif``, ``lm_warped.tif``, ``overlay.png``.

@@ -14,9 +14,26 @@ def percentile_normalize(img: np.ndarray, low: float = 1.0, high: float = 99.8) 
     return ((a - lo) / (hi - lo)).astype(np.float32)
 
 
-def normalize_em(em: np.ndarray) -> np.ndarray:
-    """EM → network input: ``skimage.exposure.equalize_hist`` then percentile normalisation (float32)."""
-    return percentile_normalize(exposure.equalize_hist(np.asarray(em, dtype=np.float64)), 1.0, 99.8)
+EM_METHODS = ("equalize_hist", "clahe")
+CLAHE_KERNEL = 64   # pixels at the network's (binned) resolution
+
+
+def normalize_em(em: np.ndarray, method: str = "equalize_hist") -> np.ndarray:
+    """EM → network input, then percentile normalisation (float32).
+
+    ``equalize_hist``: global histogram equalisation (DeepCLEM's choice); depends on the whole field, so a
+    crop of an EM is normalised differently from the full image.  ``clahe``: contrast-limited *adaptive*
+    equalisation over ``CLAHE_KERNEL``-pixel tiles, which is local and therefore nearly the same for a crop.
+    """
+    a = np.asarray(em, dtype=np.float64)
+    if method == "equalize_hist":
+        eq = exposure.equalize_hist(a)
+    elif method == "clahe":
+        eq = exposure.equalize_adapthist(np.clip(percentile_normalize(a, 0.1, 99.9), 0, 1),
+                                         kernel_size=CLAHE_KERNEL, clip_limit=0.01)
+    else:
+        raise ValueError(f"unknown EM normalisation {method!r}; use one of {EM_METHODS}")
+    return percentile_normalize(eq, 1.0, 99.8)
 
 
 def normalize_chromatin(chrom: np.ndarray) -> np.ndarray:

@@ -15,12 +15,12 @@ from ..device import select_device
 from ..errors import Cancelled, InputError
 from ..io import MAX_PIXELS, check_image
 from ..register.mine import CancelFn, Progress, ProgressFn
+from . import DEFAULT_MODEL
 from .normalize import normalize_em
 from .unet import UNet
 
 WEIGHTS = "weights.pt"
 CARD = "model.yaml"
-DEFAULT_MODEL = "chromatin-v1"
 
 
 def models_root() -> Path:
@@ -48,6 +48,11 @@ class ChromatinModel:
     @property
     def bin(self) -> int:
         return int(self.card["architecture"].get("bin", 1))
+
+    @property
+    def em_normalisation(self) -> str:
+        """EM normalisation the network was trained with (cards without the field: ``equalize_hist``)."""
+        return str((self.card.get("normalisation") or {}).get("em_method", "equalize_hist"))
 
 
 def load_model(name=DEFAULT_MODEL, device="cpu") -> ChromatinModel:
@@ -130,6 +135,6 @@ def predict_chromatin(em, model: ChromatinModel | str = DEFAULT_MODEL, *, device
     b = model.bin
     h, w = a.shape
     small = a if b == 1 else cv2.resize(a, (max(1, round(w / b)), max(1, round(h / b))), interpolation=cv2.INTER_AREA)
-    y = predict_tiles(model.net, normalize_em(small), tile=tile, overlap=overlap, batch=batch,
+    y = predict_tiles(model.net, normalize_em(small, model.em_normalisation), tile=tile, overlap=overlap, batch=batch,
                       progress=progress, cancelled=cancelled)
     return y if y.shape == (h, w) else cv2.resize(y, (w, h), interpolation=cv2.INTER_LINEAR)

@@ -33,6 +33,7 @@ class TrainConfig:
     val_fraction: float = 0.2
     foreground_fraction: float = 0.5
     seed: int = 0
+    em_normalisation: str = "equalize_hist"   # or "clahe" (see normalize.normalize_em)
 
 
 @dataclass
@@ -51,13 +52,14 @@ def _bin(img: np.ndarray, b: int) -> np.ndarray:
                       interpolation=cv2.INTER_AREA)
 
 
-def prepare_pairs(pairs: Sequence[tuple[np.ndarray, np.ndarray]], b: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def prepare_pairs(pairs: Sequence[tuple[np.ndarray, np.ndarray]], b: int,
+                  em_method: str = "equalize_hist") -> list[tuple[np.ndarray, np.ndarray]]:
     """Check sizes, bin and normalise each (EM, chromatin) pair → (input, target) float32 arrays."""
     out = []
     for i, (em, ch) in enumerate(pairs):
         if em.ndim != 2 or em.shape != ch.shape:
             raise InputError(f"training pair {i}: EM {em.shape} and chromatin {ch.shape} must be 2-D and equal in size")
-        out.append((normalize_em(_bin(em, b)), normalize_chromatin(_bin(ch, b))))
+        out.append((normalize_em(_bin(em, b), em_method), normalize_chromatin(_bin(ch, b))))
     return out
 
 
@@ -123,7 +125,7 @@ def train_model(pairs: Sequence[tuple[np.ndarray, np.ndarray]], cfg: TrainConfig
         raise InputError("no training pairs were given")
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
-    data = prepare_pairs(pairs, cfg.bin)
+    data = prepare_pairs(pairs, cfg.bin, cfg.em_normalisation)
     if min(min(x.shape) for x, _ in data) < cfg.patch:
         raise InputError(f"training images are smaller than a {cfg.patch}px patch after {cfg.bin}x binning")
     train, val = _split(data, cfg.val_fraction)
@@ -216,8 +218,9 @@ def train_from_dir(data_dir, out_dir, cfg: TrainConfig = TrainConfig(), *, loo: 
     res = train_model(pairs, cfg, device=device, log=log)
     best = res.history[res.best_epoch - 1]
     card = {
-        "normalisation": {"em": "skimage.exposure.equalize_hist, then percentiles 1/99.8 -> 0/1 "
-                                f"(after {cfg.bin}x area binning)",
+        "normalisation": {"em_method": cfg.em_normalisation,
+                          "em": (f"skimage.exposure.{'equalize_hist' if cfg.em_normalisation == 'equalize_hist' else 'equalize_adapthist (CLAHE, 64 px tiles)'}"
+                                 f", then percentiles 1/99.8 -> 0/1 (after {cfg.bin}x area binning)"),
                           "target": "chromatin percentiles 1/99.8 -> 0/1"},
         "expected_em_pixel_size": ("that of the training EMs (uncalibrated files); the network itself "
                                    f"sees the EM binned {cfg.bin}x" if sizes == {None} else sorted(s for s in sizes if s)),

@@ -3,7 +3,7 @@
 #@ Integer (label="Chromatin channel in that file (0-based)", value=0) chromatin_channel
 #@ File (label="LM channels of interest (same grid as the chromatin; empty = the chromatin file)", style="file", required=false) lm_file
 #@ String (label="Channels to carry (0-based, comma-separated; empty = all)", value="") channels
-#@ String (label="Chromatin model on the server", value="chromatin-v1") model
+#@ String (label="Chromatin model on the server", value="chromatin-v2") model
 #@ String (label="Server URL", value="http://127.0.0.1:8765") server_url
 #@ String (label="Token (optional)", value="") token
 #@ File (label="Output folder", style="directory") out_dir

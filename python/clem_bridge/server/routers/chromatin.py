@@ -6,13 +6,14 @@ from typing import Annotated, Literal, Optional
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 
+from ...insilico import DEFAULT_MODEL
 from ...schema import PixelSize
 from ..schemas import ErrorBody, Job
 from ..submit import parse_params, submit_job, wait_and_reply
 from . import ERRORS
 
 router = APIRouter()
-_MODEL = Field("chromatin-v1", min_length=1, max_length=100, description="model name under the server's models/")
+_MODEL = Field(DEFAULT_MODEL, min_length=1, max_length=100, description="model name under the server's models/")
 _RESPONSES = {200: {"model": Job, "description": "finished within `wait` seconds"}, 429: {"model": ErrorBody},
               **ERRORS}
 
