@@ -9,7 +9,6 @@ import pytest
 
 from clem_bridge import transforms as T
 from clem_bridge.io import read_image, write_tiff
-from clem_bridge.synthetic import make_pair, save_pair
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -17,14 +16,6 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 def cli(*args, timeout=300):
     return subprocess.run([sys.executable, "-c", "from clem_bridge.cli import main; main()", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=ENV)
-
-
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory):
-    d = tmp_path_factory.mktemp("cli")
-    pair = make_pair((128, 128), seed=2)
-    em, lm = save_pair(pair, d)
-    return pair, em, lm, d
 
 
 def test_register_command(phantom):

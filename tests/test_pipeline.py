@@ -11,15 +11,6 @@ from clem_bridge.io import read_image, write_tiff
 from clem_bridge.pipeline import register_files
 from clem_bridge.result import load_transform_json
 from clem_bridge.schema import PixelSize
-from clem_bridge.synthetic import make_pair, save_pair
-
-
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory):
-    d = tmp_path_factory.mktemp("phantom")
-    pair = make_pair((128, 128), seed=1)
-    em, lm = save_pair(pair, d)
-    return pair, em, lm, d
 
 
 def test_register_files_writes_the_cli_contract(phantom, tmp_path):
