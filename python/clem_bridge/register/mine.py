@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from ..device import device_label, select_device
 from ..errors import Cancelled, InputError
 from ..result import Registration
-from ..transforms import as_matrix, center_of, pixel_to_normalized, resize_matrix, warp_image
+from ..transforms import as_matrix, center_of, pixel_to_normalized, rescale, resize_matrix, warp_image
 from .search import global_search
 
 
@@ -279,9 +279,7 @@ def _register(fixed, moving, preset, params, seed, device, progress, cancelled, 
     timings: dict[str, float] = {}
     init_w = None
     if init is not None:
-        init_px = as_matrix(init)
-        init_w = (np.linalg.inv(resize_matrix(moving_n.shape, moving_w.shape)) @ init_px
-                  @ resize_matrix(fixed_n.shape, fixed_w.shape))
+        init_w = rescale(as_matrix(init), fixed_w.shape, fixed_n.shape, moving_w.shape, moving_n.shape)
     search_info = {}
     if init_w is None and p.global_search:
         if stop():
@@ -293,8 +291,7 @@ def _register(fixed, moving, preset, params, seed, device, progress, cancelled, 
         res = global_search(fs, ms, rotation_range_deg=p.rotation_range_deg,
                             rotation_step_deg=p.rotation_step_deg, scales=p.search_scales,
                             max_shift_frac=p.max_shift_frac)
-        init_w = (resize_matrix(moving_w.shape, ms.shape) @ res.fixed_to_moving
-                  @ np.linalg.inv(resize_matrix(fixed_w.shape, fs.shape)))
+        init_w = rescale(res.fixed_to_moving, fixed_w.shape, fs.shape, moving_w.shape, ms.shape)
         search_info = {"rotation_deg": res.rotation_deg, "scale": res.scale, "score": res.score}
         timings["search_s"] = time.perf_counter() - ts
         report(Progress("search", 1, 1, None, 0.05))
@@ -396,8 +393,7 @@ def _register(fixed, moving, preset, params, seed, device, progress, cancelled, 
         frame_mat = m0_t.double() @ torch.linalg.matrix_exp(
             ((v + v_fine if p.fine_params else v).double()[:, None, None] * basis.double()).sum(0))
     a_work = np.linalg.inv(fm) @ frame_mat.cpu().numpy() @ ff
-    a_full = (resize_matrix(full_moving_shape, moving_w.shape) @ a_work
-              @ np.linalg.inv(resize_matrix(full_fixed_shape, fixed_w.shape)))
+    a_full = rescale(a_work, full_fixed_shape, fixed_w.shape, full_moving_shape, moving_w.shape)
     a_full[2] = (0.0, 0.0, 1.0)
 
     report(Progress("metrics", 0, None, None, 0.96))
