@@ -9,7 +9,8 @@ from PIL import Image
 from clem_bridge import synthetic as S
 from clem_bridge import transforms as T
 from clem_bridge.errors import Cancelled, InputError
-from clem_bridge.insilico.correlate import SearchParams, chromatin_channel, ncc, register_chromatin
+from clem_bridge.insilico.correlate import (NUCLEI_MAX_SHIFT, SearchParams, chromatin_channel, ncc, refine_nuclei,
+                                           register_chromatin)
 from clem_bridge.io import read_image
 
 SHAPE = (256, 256)
@@ -48,6 +49,42 @@ def test_pixel_sizes_set_the_scale_prior():
                              moving_pixel_size=pair.moving_pixel_size)
     assert reg.params["scale_prior"] == pytest.approx(0.5)
     assert T.tre(reg.fixed_to_moving, f2m, SHAPE) < 1.5
+
+
+def biased_prediction(pred, dx=3.0, dy=-2.0, rotation=0.6):
+    """A prediction displaced like a biased network's: the correlation alone inherits the bias."""
+    bias = T.from_params(rotation_deg=rotation, translation=(dx, dy), center=T.center_of(pred.shape))
+    return T.warp_image(pred, bias, pred.shape, fill=float(np.median(pred)))
+
+
+@pytest.mark.parametrize("invert", [False, True])
+def test_heterochromatin_refinement_removes_a_prediction_bias(invert):
+    """EM heterochromatin is dark (or, inverted, bright): the final stage on the EM itself removes a 3-4 px bias."""
+    pair, pred, f2m = case(18.0, 1.1, (280, 270), seed=14)
+    biased = biased_prediction(pred)
+    em = 1.0 - pair.em if invert else pair.em
+    plain = register_chromatin(biased, pair.lm["chromatin"])
+    refined = register_chromatin(biased, pair.lm["chromatin"], em=em)
+    assert T.tre(plain.fixed_to_moving, f2m, SHAPE) > 2.5           # the bias survives the correlation
+    assert T.tre(refined.fixed_to_moving, f2m, SHAPE) < 0.8, refined.metrics
+    assert refined.metrics["nuclei_applied"] == 1.0 and refined.metrics["nuclei_ncc"] > 0.5
+    assert refined.metrics["nuclei_shift_px"] > 2.5 and not refined.warnings
+    off = register_chromatin(biased, pair.lm["chromatin"], em=em, params=SearchParams(nuclei_refinement=False))
+    assert np.allclose(off.fixed_to_moving, plain.fixed_to_moving)
+
+
+def test_heterochromatin_refinement_keeps_the_result_without_contrast_or_on_a_large_move():
+    pair, pred, f2m = case(-10.0, 1.0, SHAPE, seed=15)
+    flat = np.random.default_rng(0).normal(0.5, 0.05, SHAPE).astype(np.float32)   # EM without chromatin contrast
+    m, metrics, warning = refine_nuclei(flat, pair.lm["chromatin"], f2m)
+    assert np.array_equal(m, f2m) and metrics["nuclei_applied"] == 0.0 and warning is None
+    far = f2m @ T.from_params(translation=(8.0, -5.0))   # beyond NUCLEI_MAX_SHIFT of a 256 px field
+    assert 8.0 > NUCLEI_MAX_SHIFT * max(SHAPE)
+    m, metrics, warning = refine_nuclei(pair.em, pair.lm["chromatin"], far)
+    assert np.array_equal(m, far) and metrics["nuclei_applied"] == 0.0
+    assert "kept the prediction-based registration" in warning
+    with pytest.raises(InputError, match="share a grid"):
+        register_chromatin(pred, pair.lm["chromatin"], em=pair.em[:100])
 
 
 def test_progress_cancel_and_bad_input():

@@ -158,6 +158,13 @@ def test_cli_predict_and_correlate(tiny, tmp_path):
     expected, valid = T.warp_channels([pair.lm["fluorescence"]], f2m, (256, 256))
     assert np.corrcoef(warped.data[0][valid], expected[0][valid])[0, 1] > 0.95
     assert (out / "overlay.png").is_file() and (out / "predicted_chromatin.tif").is_file()
+    assert reg.metrics["nuclei_applied"] == 1.0     # the heterochromatin stage ran on the EM
+
+    r = runner.invoke(app, ["correlate", str(tmp_path / "em.tif"), str(tmp_path / "lm.tif"), "--out", str(out),
+                            "--chromatin-channel", "2", "--model", str(folder), "--max-rotation", "45",
+                            "--no-nuclei-refinement", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert "nuclei_applied" not in load_transform_json(out / "transform.json").metrics
 
     r = runner.invoke(app, ["correlate", str(tmp_path / "em.tif"), str(tmp_path / "lm.tif"), "--out", str(out),
                             "--model", str(folder)])

@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 import tifffile
 from PIL import Image
+from typer.testing import CliRunner
 
 from clem_bridge import synthetic as S
 from clem_bridge import transforms as T
+from clem_bridge.cli import app
+from clem_bridge.result import load_transform_json
 from server_utils import running_server
 from test_insilico import train_tiny
 
@@ -65,11 +68,13 @@ def test_correlate_job_rgb_blue_is_chromatin(server):
     assert rec["params"]["chromatin_channel"] == 2 and rec["params"]["model"] == "tiny"
     err = T.tre(np.array(rec["fixed_to_moving"]), f2m, (256, 256))
     assert err < 1.5, f"TRE {err:.2f} px"
+    assert rec["metrics"]["nuclei_applied"] == 1.0 and rec["params"]["nuclei_refinement"] is True
 
 
 @pytest.mark.parametrize("params", [{"model": "../tiny"}, {"model": "missing"}, {"max_rotation": 400},
                                     {"model": "tiny", "transform": "projective"},
-                                    {"model": "tiny", "chromatin_channel": 5}])
+                                    {"model": "tiny", "chromatin_channel": 5},
+                                    {"model": "tiny", "nuclei_refinement": "sometimes"}])
 def test_correlate_bad_params_are_422(server, params):
     em = S.make_pair((64, 64), seed=1).em
     files = [("em", ("em.tif", tiff_bytes(em))), ("chromatin", ("c.tif", tiff_bytes(em)))]
@@ -77,3 +82,22 @@ def test_correlate_bad_params_are_422(server, params):
     assert r.status_code == 422, r.text
     body = r.json()
     assert body["error"] and "\n" not in body["detail"]
+
+
+def test_cli_correlate_on_the_server(server, tmp_path):
+    """``clem-bridge correlate --server``: the job runs on the server, the artifacts land in --out."""
+    f2m = S.centred_affine((256, 256), (264, 280), rotation_deg=-14, scale=1.08, translation=(4, -6))
+    pair = S.make_pair((256, 256), fixed_to_moving=f2m, moving_shape=(264, 280), seed=8)
+    tifffile.imwrite(tmp_path / "em.tif", pair.em)
+    tifffile.imwrite(tmp_path / "chromatin.tif", pair.lm["chromatin"])
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["correlate", str(tmp_path / "em.tif"), str(tmp_path / "chromatin.tif"),
+                                 "--out", str(out), "--model", "tiny", "--max-rotation", "30", "--server", server])
+    assert r.exit_code == 0, r.output
+    reg = load_transform_json(out / "transform.json")
+    assert T.tre(reg.fixed_to_moving, f2m, (256, 256)) < 1.5
+    assert reg.params["model"] == "tiny" and reg.metrics["nuclei_applied"] == 1.0
+    assert {"lm_warped.tif", "overlay.png", "predicted_chromatin.tif"} <= {p.name for p in out.iterdir()}
+    r = CliRunner().invoke(app, ["correlate", str(tmp_path / "em.tif"), str(tmp_path / "chromatin.tif"),
+                                 "--out", str(out), "--model", "missing", "--server", server])
+    assert r.exit_code != 0 and "missing" in r.output and "Traceback" not in r.output

@@ -91,7 +91,8 @@ def run_correlate(inputs: dict[str, Path], params: dict, out_dir: Path, progress
     """DeepCLEM correlation; writes transform.json, lm_warped.tif, overlay.png, predicted_chromatin.tif."""
     from .insilico.correlate import SearchParams, correlate_files
     ci = json.loads(Path(inputs["meta"]).read_text())["chromatin_channel"]
-    search = SearchParams(max_rotation=params["max_rotation"], model=params.get("transform", "similarity"))
+    search = SearchParams(max_rotation=params["max_rotation"], model=params.get("transform", "similarity"),
+                          nuclei_refinement=params.get("nuclei_refinement", True))
     reg = correlate_files(inputs["em"], inputs["lm"], out_dir, chromatin_channel_index=ci,
                           channels=params.get("channels"), model=_model(params["model"], params["device"]),
                           params=search, device=params["device"], progress=progress, cancelled=cancelled)

@@ -142,12 +142,37 @@ class Client:
         """Cancel a queued/running job, or delete a finished one; returns ``{"id", "status"}``."""
         return self._request("DELETE", f"/jobs/{_job_id(job)}").json()
 
+    def correlate(self, em: ImageLike, chromatin: ImageLike, *, extra: Sequence[ImageLike] = (),
+                  model: Optional[str] = None, chromatin_channel: Optional[int] = None,
+                  channels: Optional[Sequence[int]] = None, max_rotation: float = 180.0,
+                  transform: str = "similarity", nuclei_refinement: bool = True,
+                  em_pixel_size: Optional[PixelSize | dict] = None,
+                  chromatin_pixel_size: Optional[PixelSize | dict] = None, wait: float = 0) -> dict:
+        """Submit a DeepCLEM correlation (EM = fixed, chromatin = moving; ``model`` None = the server's default)."""
+        params = {"chromatin_channel": chromatin_channel, "channels": list(channels) if channels is not None else None,
+                  "max_rotation": max_rotation, "transform": transform, "nuclei_refinement": nuclei_refinement,
+                  "em_pixel_size": _px(em_pixel_size), "chromatin_pixel_size": _px(chromatin_pixel_size),
+                  **({"model": model} if model is not None else {})}
+        files = [("em", _part(em, "em")), ("chromatin", _part(chromatin, "chromatin"))]
+        files += [("extra", _part(x, f"extra{k}")) for k, x in enumerate(extra)]
+        return self._request("POST", "/correlate", files=files, data={"params": json.dumps(params)},
+                             params={"wait": wait}, timeout=self.timeout + wait).json()
+
     def register_files(self, em, lm, out_dir, *, extra_channel_paths: Sequence = (),
                        progress: Optional[Callable[[Any], None]] = None, **params) -> Registration:
         """:func:`~clem_bridge.pipeline.register_files` run on the server: submit, feed the server's
         progress to ``progress(Progress)``, download every artifact into ``out_dir``; Ctrl-C cancels the job."""
+        return self._finish(self.register(em, lm, extra=list(extra_channel_paths), **params), out_dir, progress)
+
+    def correlate_files(self, em, chromatin, out_dir, *, extra_channel_paths: Sequence = (),
+                        progress: Optional[Callable[[Any], None]] = None, **params) -> Registration:
+        """:func:`~clem_bridge.insilico.correlate.correlate_files` run on the server, as :meth:`register_files`."""
+        return self._finish(self.correlate(em, chromatin, extra=list(extra_channel_paths), **params), out_dir,
+                            progress)
+
+    def _finish(self, job: dict, out_dir, progress: Optional[Callable[[Any], None]]) -> Registration:
+        """Wait for ``job`` with progress, download its artifacts into ``out_dir``; Ctrl-C cancels the job."""
         from .register import Progress
-        job = self.register(em, lm, extra=list(extra_channel_paths), **params)
 
         def report(j: dict) -> None:
             if progress and j.get("stage"):

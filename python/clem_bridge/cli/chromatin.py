@@ -9,7 +9,7 @@ import typer
 
 from ..errors import InputError
 from ..insilico import DEFAULT_MODEL
-from .core import parse_channels, progress_bar, user_errors
+from .core import echo_warnings, parse_channels, progress_bar, user_errors
 
 
 def add_commands(app) -> None:
@@ -86,7 +86,13 @@ def add_commands(app) -> None:
         max_rotation: float = typer.Option(180.0, "--max-rotation", help="Rotation search range ± degrees."),
         transform: str = typer.Option("similarity", "--transform",
                                       help="similarity (rotation, scale, shift; default) or affine."),
+        nuclei_refinement: bool = typer.Option(True, "--nuclei-refinement/--no-nuclei-refinement",
+                                               help="Finish by aligning the chromatin with the EM's dense "
+                                                    "heterochromatin inside the nuclei."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+        server: Optional[str] = typer.Option(None, "--server", help="Correlate on a clem-bridge server at this URL "
+                                             "(its device and models; shows its progress)."),
+        token: Optional[str] = typer.Option(None, "--token", envvar="CLEM_BRIDGE_TOKEN", help="Token for --server."),
     ) -> None:
         """DeepCLEM: predict chromatin from the EM, register it to the measured chromatin, warp the channels."""
         from ..insilico.correlate import (OVERLAY_PNG, PREDICTED_TIFF, TRANSFORM_JSON, WARPED_TIFF, SearchParams,
@@ -97,13 +103,23 @@ def add_commands(app) -> None:
                 raise InputError(f"--transform must be similarity or affine (got {transform!r})")
             if not 0 <= max_rotation <= 180:
                 raise InputError(f"--max-rotation must be between 0 and 180 degrees (got {max_rotation})")
-            with progress_bar() as report:
-                reg = correlate_files(em, chromatin, out, chromatin_channel_index=chromatin_channel,
-                                      channels=parse_channels(channels),
-                                      extra_channel_paths=[str(p) for p in extra_channel], model=model,
-                                      params=SearchParams(max_rotation=max_rotation, model=transform),
-                                      device=device, progress=report)
+            if server:
+                from ..client import Client
+                with Client(server, token=token) as client, progress_bar() as report:
+                    reg = client.correlate_files(em, chromatin, out, extra_channel_paths=extra_channel,
+                                                 progress=report, model=model, chromatin_channel=chromatin_channel,
+                                                 channels=parse_channels(channels), max_rotation=max_rotation,
+                                                 transform=transform, nuclei_refinement=nuclei_refinement)
+            else:
+                with progress_bar() as report:
+                    reg = correlate_files(em, chromatin, out, chromatin_channel_index=chromatin_channel,
+                                          channels=parse_channels(channels),
+                                          extra_channel_paths=[str(p) for p in extra_channel], model=model,
+                                          params=SearchParams(max_rotation=max_rotation, model=transform,
+                                                              nuclei_refinement=nuclei_refinement),
+                                          device=device, progress=report)
             typer.echo(f"correlated in {reg.timings['total_s']:.1f} s; NCC {reg.metrics['ncc']:.3f}, "
                        f"overlap {reg.metrics['overlap']:.2f}")
+            echo_warnings(reg)
             for name in (TRANSFORM_JSON, WARPED_TIFF, OVERLAY_PNG, PREDICTED_TIFF):
                 typer.echo(f"  {out / name}")

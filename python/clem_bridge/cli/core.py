@@ -69,6 +69,11 @@ def _summary(reg, out: Path) -> None:
                + ", ".join(f"{k} {v:.3f}" for k, v in m.items()))
     for name in (TRANSFORM_JSON, WARPED_TIFF, OVERLAY_PNG, MI_CURVE_PNG):
         typer.echo(f"  {out / name}")
+    echo_warnings(reg)
+
+
+def echo_warnings(reg) -> None:
+    """The result's warnings on stderr, one line each."""
     for warning in reg.warnings:
         typer.echo(f"warning: {warning}", err=True)
 

@@ -35,6 +35,8 @@ class CorrelateParams(BaseModel):
         None, max_length=1024, description="channels (chromatin upload, then extra uploads) to warp; default all")
     max_rotation: float = Field(180.0, ge=0, le=180, description="rotation search range, ± degrees")
     transform: Literal["similarity", "affine"] = Field("similarity", description="refined transform model")
+    nuclei_refinement: bool = Field(True, description="finish by aligning the chromatin with the EM's dense "
+                                    "heterochromatin inside the nuclei")
     em_pixel_size: Optional[PixelSize] = Field(None, description="overrides the EM file's calibration")
     chromatin_pixel_size: Optional[PixelSize] = Field(None, description="overrides the chromatin file's calibration")
 
