@@ -85,6 +85,8 @@ def test_heterochromatin_refinement_keeps_the_result_without_contrast_or_on_a_la
     assert "kept the prediction-based registration" in warning
     with pytest.raises(InputError, match="share a grid"):
         register_chromatin(pred, pair.lm["chromatin"], em=pair.em[:100])
+    with pytest.raises(InputError, match="NaN"):
+        register_chromatin(pred, pair.lm["chromatin"], em=np.full(SHAPE, np.nan, np.float32))
 
 
 def test_progress_cancel_and_bad_input():

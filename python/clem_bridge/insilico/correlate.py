@@ -296,8 +296,10 @@ def register_chromatin(predicted: np.ndarray, chromatin: np.ndarray, *, params: 
     if params.model not in ("similarity", "affine"):
         raise InputError(f"the transform model must be similarity or affine (got {params.model!r})")
     fixed = normalize_chromatin(_check(predicted, "predicted chromatin"))
-    if em is not None and np.shape(em) != fixed.shape:
-        raise InputError(f"the EM ({np.shape(em)}) and the predicted chromatin ({fixed.shape}) must share a grid")
+    if em is not None:
+        em = _check(em, "EM")
+        if em.shape != fixed.shape:
+            raise InputError(f"the EM ({em.shape}) and the predicted chromatin ({fixed.shape}) must share a grid")
     moving = normalize_chromatin(_check(chromatin, "chromatin"))
     prior = 1.0
     if fixed_pixel_size is not None and moving_pixel_size is not None:
@@ -323,14 +325,13 @@ def register_chromatin(predicted: np.ndarray, chromatin: np.ndarray, *, params: 
     if params.model == "affine":
         m, score = refine_ecc(fw, mw, np.linalg.inv(bm) @ m @ bf, iterations=params.ecc_iterations)
         m = bm @ m @ np.linalg.inv(bf)
-    extra, warnings = {}, []
+    extra, warning = {}, None
     if em is not None and params.nuclei_refinement:
         if cancelled is not None and cancelled():
             raise Cancelled("correlation was cancelled")
         if progress:
             progress(Progress("heterochromatin refinement", 0, None, None, 0.9))
-        m, extra, warning = refine_nuclei(_check(em, "EM"), moving, m)
-        warnings += [warning] if warning else []
+        m, extra, warning = refine_nuclei(em, moving, m)
     t2 = time.perf_counter()
     warped, valid = T.warp_channels([moving], m, fixed.shape)
     q = ncc(fixed, warped[0], valid) if valid.sum() > 16 else 0.0
@@ -340,7 +341,7 @@ def register_chromatin(predicted: np.ndarray, chromatin: np.ndarray, *, params: 
                         method=f"deepclem-{params.model}", params={**params.__dict__, "scale_prior": prior},
                         metrics={"ncc": q, "coarse_ncc": coarse, "refined_ncc": score, "overlap": float(valid.mean()),
                                  **extra},
-                        warnings=warnings,
+                        warnings=[warning] if warning else [],
                         timings={"coarse_search_s": t1 - t0, "refine_s": t2 - t1},
                         fixed_pixel_size=fixed_pixel_size, moving_pixel_size=moving_pixel_size)
 
