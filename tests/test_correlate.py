@@ -9,8 +9,8 @@ from PIL import Image
 from clem_bridge import synthetic as S
 from clem_bridge import transforms as T
 from clem_bridge.errors import Cancelled, InputError
-from clem_bridge.insilico.correlate import (NUCLEI_MAX_SHIFT, SearchParams, chromatin_channel, ncc, refine_nuclei,
-                                           register_chromatin)
+from clem_bridge.insilico.correlate import (MIN_BLOBS, NUCLEI_MAX_SHIFT, SearchParams, chromatin_channel,
+                                           count_blobs, ncc, refine_nuclei, register_chromatin)
 from clem_bridge.io import read_image
 
 SHAPE = (256, 256)
@@ -49,6 +49,48 @@ def test_pixel_sizes_set_the_scale_prior():
                              moving_pixel_size=pair.moving_pixel_size)
     assert reg.params["scale_prior"] == pytest.approx(0.5)
     assert T.tre(reg.fixed_to_moving, f2m, SHAPE) < 1.5
+
+
+def test_pixel_sizes_fix_a_poorly_fitted_scale():
+    """A prediction 3 % too large (a network's bias; in real crops, few nuclei) pulls the fitted scale off;
+    with calibrated images the scale is snapped to the pixel sizes' ratio and the error goes away."""
+    pair, pred, f2m = case(-15.0, 0.5, (160, 150), seed=12, shift=(3.0, 2.0), lm_pixel_ratio=2.0)
+    zoomed = T.warp_image(pred, T.from_params(scale=1 / 1.03, center=T.center_of(SHAPE)), SHAPE,
+                          fill=float(np.median(pred)))
+    sizes = dict(fixed_pixel_size=pair.fixed_pixel_size, moving_pixel_size=pair.moving_pixel_size)
+    free = register_chromatin(zoomed, pair.lm["chromatin"], params=SearchParams(scale_from_pixel_size=False), **sizes)
+    snapped = register_chromatin(zoomed, pair.lm["chromatin"], **sizes)
+    assert not free.params["scale_fixed"] and T.tre(free.fixed_to_moving, f2m, SHAPE) > 1.5
+    assert snapped.params["scale_fixed"] and snapped.metrics["fitted_scale"] == pytest.approx(0.5 / 1.03, rel=0.01)
+    assert np.sqrt(np.linalg.det(snapped.fixed_to_moving[:2, :2])) == pytest.approx(0.5, rel=1e-9)
+    assert T.tre(snapped.fixed_to_moving, f2m, SHAPE) < 1.0
+
+
+def test_wrong_calibration_keeps_the_fitted_scale_and_warns():
+    """Pixel sizes say equal, the LM is really 10 % coarser: the fit is kept and the user is told."""
+    pair, pred, f2m = case(10.0, 1.1, (288, 272), seed=5)
+    reg = register_chromatin(pred, pair.lm["chromatin"], fixed_pixel_size=pair.fixed_pixel_size,
+                             moving_pixel_size=pair.moving_pixel_size)
+    assert T.tre(reg.fixed_to_moving, f2m, SHAPE) < 1.5 and not reg.params["scale_fixed"]
+    assert reg.metrics["fitted_scale"] == pytest.approx(1.1, rel=0.01)
+    assert any("pixel sizes' ratio" in w and "calibration" in w for w in reg.warnings), reg.warnings
+
+
+def test_few_nuclei_in_view_warn():
+    blobs = np.zeros((300, 400), np.float32)
+    for i in range(5):
+        cv2.circle(blobs, (40 + 75 * i, 80), 20, 1.0, -1)     # 5 nuclei (area ~1250 px)
+        cv2.circle(blobs, (40 + 75 * i, 220), 5, 1.0, -1)     # 5 specks below BLOB_MIN_AREA
+    assert count_blobs(blobs, np.ones(blobs.shape, bool)) == 5
+    assert count_blobs(blobs, np.zeros(blobs.shape, bool)) == 0
+    pair, pred, f2m = case(5.0, 1.0, (256, 256), seed=11)
+    reg = register_chromatin(pred, pair.lm["chromatin"])
+    assert reg.metrics["chromatin_blobs"] >= MIN_BLOBS and not reg.warnings
+    big = S.make_pair(SHAPE, fixed_to_moving=f2m, moving_shape=(256, 256), seed=3, cell_diameter=150.0)
+    few = cv2.GaussianBlur(0.04 + 0.12 * big.masks["nucleus"] + 0.85 * big.masks["heterochromatin"], (0, 0), 1.5)
+    reg = register_chromatin(few, big.lm["chromatin"])
+    assert reg.metrics["chromatin_blobs"] < MIN_BLOBS
+    assert any("stained nucle" in w and "poorly constrained" in w for w in reg.warnings), reg.warnings
 
 
 def biased_prediction(pred, dx=3.0, dy=-2.0, rotation=0.6):

@@ -153,6 +153,9 @@ def test_cli_predict_and_correlate(tiny, tmp_path):
     err = T.tre(reg.fixed_to_moving, f2m, (256, 256))
     assert err < 1.5, f"TRE {err:.2f} px"
     assert reg.metrics["ncc"] > 0.3
+    # the phantom's files say equal pixel sizes, the true scale is 1.1: the fit is kept, the user warned
+    assert not reg.params["scale_fixed"] and any("calibration" in w for w in reg.warnings)
+    assert "calibration may be wrong" in r.output
     warped = read_image(out / "lm_warped.tif")
     assert warped.data.shape == (2, 256, 256)
     expected, valid = T.warp_channels([pair.lm["fluorescence"]], f2m, (256, 256))

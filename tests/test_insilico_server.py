@@ -58,7 +58,7 @@ def test_correlate_job_rgb_blue_is_chromatin(server):
     files = [("em", ("em.tif", tiff_bytes(pair.em))), ("chromatin", ("lm.png", png_bytes(rgb)))]
     r = httpx.post(server + "/v1/correlate", files=files,
                    data={"params": json.dumps({"model": "tiny", "max_rotation": 30, "channels": [0],
-                                              "transform": "similarity"})},
+                                              "transform": "similarity", "scale_from_pixel_size": False})},
                    params={"wait": 240}, timeout=300)
     assert r.status_code == 200, r.text
     job = r.json()
@@ -69,12 +69,14 @@ def test_correlate_job_rgb_blue_is_chromatin(server):
     err = T.tre(np.array(rec["fixed_to_moving"]), f2m, (256, 256))
     assert err < 1.5, f"TRE {err:.2f} px"
     assert rec["metrics"]["nuclei_applied"] == 1.0 and rec["params"]["nuclei_refinement"] is True
+    assert rec["params"]["scale_from_pixel_size"] is False and rec["params"]["scale_fixed"] is False
 
 
 @pytest.mark.parametrize("params", [{"model": "../tiny"}, {"model": "missing"}, {"max_rotation": 400},
                                     {"model": "tiny", "transform": "projective"},
                                     {"model": "tiny", "chromatin_channel": 5},
-                                    {"model": "tiny", "nuclei_refinement": "sometimes"}])
+                                    {"model": "tiny", "nuclei_refinement": "sometimes"},
+                                    {"model": "tiny", "scale_from_pixel_size": "maybe"}])
 def test_correlate_bad_params_are_422(server, params):
     em = S.make_pair((64, 64), seed=1).em
     files = [("em", ("em.tif", tiff_bytes(em))), ("chromatin", ("c.tif", tiff_bytes(em)))]

@@ -92,7 +92,8 @@ def run_correlate(inputs: dict[str, Path], params: dict, out_dir: Path, progress
     from .insilico.correlate import SearchParams, correlate_files
     ci = json.loads(Path(inputs["meta"]).read_text())["chromatin_channel"]
     search = SearchParams(max_rotation=params["max_rotation"], model=params.get("transform", "similarity"),
-                          nuclei_refinement=params.get("nuclei_refinement", True))
+                          nuclei_refinement=params.get("nuclei_refinement", True),
+                          scale_from_pixel_size=params.get("scale_from_pixel_size", True))
     reg = correlate_files(inputs["em"], inputs["lm"], out_dir, chromatin_channel_index=ci,
                           channels=params.get("channels"), model=_model(params["model"], params["device"]),
                           params=search, device=params["device"], progress=progress, cancelled=cancelled)

@@ -145,12 +145,13 @@ class Client:
     def correlate(self, em: ImageLike, chromatin: ImageLike, *, extra: Sequence[ImageLike] = (),
                   model: Optional[str] = None, chromatin_channel: Optional[int] = None,
                   channels: Optional[Sequence[int]] = None, max_rotation: float = 180.0,
-                  transform: str = "similarity", nuclei_refinement: bool = True,
+                  transform: str = "similarity", nuclei_refinement: bool = True, scale_from_pixel_size: bool = True,
                   em_pixel_size: Optional[PixelSize | dict] = None,
                   chromatin_pixel_size: Optional[PixelSize | dict] = None, wait: float = 0) -> dict:
         """Submit a DeepCLEM correlation (EM = fixed, chromatin = moving; ``model`` None = the server's default)."""
         params = {"chromatin_channel": chromatin_channel, "channels": list(channels) if channels is not None else None,
                   "max_rotation": max_rotation, "transform": transform, "nuclei_refinement": nuclei_refinement,
+                  "scale_from_pixel_size": scale_from_pixel_size,
                   "em_pixel_size": _px(em_pixel_size), "chromatin_pixel_size": _px(chromatin_pixel_size),
                   **({"model": model} if model is not None else {})}
         files = [("em", _part(em, "em")), ("chromatin", _part(chromatin, "chromatin"))]

@@ -89,6 +89,9 @@ def add_commands(app) -> None:
         nuclei_refinement: bool = typer.Option(True, "--nuclei-refinement/--no-nuclei-refinement",
                                                help="Finish by aligning the chromatin with the EM's dense "
                                                     "heterochromatin inside the nuclei."),
+        scale_from_pixel_size: bool = typer.Option(True, "--scale-from-pixel-size/--free-scale",
+                                                   help="With both images calibrated, use their pixel sizes' ratio "
+                                                        "as the scale when the fit is within 6 % of it."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
         server: Optional[str] = typer.Option(None, "--server", help="Correlate on a clem-bridge server at this URL "
                                              "(its device and models; shows its progress)."),
@@ -109,14 +112,16 @@ def add_commands(app) -> None:
                     reg = client.correlate_files(em, chromatin, out, extra_channel_paths=extra_channel,
                                                  progress=report, model=model, chromatin_channel=chromatin_channel,
                                                  channels=parse_channels(channels), max_rotation=max_rotation,
-                                                 transform=transform, nuclei_refinement=nuclei_refinement)
+                                                 transform=transform, nuclei_refinement=nuclei_refinement,
+                                                 scale_from_pixel_size=scale_from_pixel_size)
             else:
                 with progress_bar() as report:
                     reg = correlate_files(em, chromatin, out, chromatin_channel_index=chromatin_channel,
                                           channels=parse_channels(channels),
                                           extra_channel_paths=[str(p) for p in extra_channel], model=model,
                                           params=SearchParams(max_rotation=max_rotation, model=transform,
-                                                              nuclei_refinement=nuclei_refinement),
+                                                              nuclei_refinement=nuclei_refinement,
+                                                              scale_from_pixel_size=scale_from_pixel_size),
                                           device=device, progress=report)
             typer.echo(f"correlated in {reg.timings['total_s']:.1f} s; NCC {reg.metrics['ncc']:.3f}, "
                        f"overlap {reg.metrics['overlap']:.2f}")

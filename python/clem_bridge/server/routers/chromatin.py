@@ -37,6 +37,8 @@ class CorrelateParams(BaseModel):
     transform: Literal["similarity", "affine"] = Field("similarity", description="refined transform model")
     nuclei_refinement: bool = Field(True, description="finish by aligning the chromatin with the EM's dense "
                                     "heterochromatin inside the nuclei")
+    scale_from_pixel_size: bool = Field(True, description="with both images calibrated, use the pixel sizes' "
+                                        "ratio as the scale when the fitted scale is within 6 % of it")
     em_pixel_size: Optional[PixelSize] = Field(None, description="overrides the EM file's calibration")
     chromatin_pixel_size: Optional[PixelSize] = Field(None, description="overrides the chromatin file's calibration")
 
