@@ -129,6 +129,22 @@ def test_shipped_model_on_full_training_field():
     assert -0.5 < np.percentile(pred, 1) < 0.2 and 0.2 < np.percentile(pred, 99.9) < 3.0
 
 
+@pytest.mark.skipif(not SHARED.is_dir(), reason="DeepCLEM data (../shared/data/deepclem) not available")
+def test_calibrated_em_crop_against_the_full_chromatin_field():
+    """DeepCLEM's situation: a 1000×530 EM crop vs the whole chromatin field, both calibrated (shipped model;
+    s7 was in its training set, so a sanity check: held-out crop numbers are in bench_correlate)."""
+    from clem_bridge.insilico.correlate import correlate
+    from clem_bridge.schema import PixelSize
+    em = read_image(SHARED / "em_s7.png").data[0].astype(np.float32)
+    chrom = read_image(SHARED / "chromatin_s7.png").data[0].astype(np.float32)
+    y0, x0 = 300, 200
+    crop = em[y0:y0 + 530, x0:x0 + 1000]
+    size = PixelSize(x=0.01, y=0.01)
+    reg, _ = correlate(crop, chrom, em_pixel_size=size, chromatin_pixel_size=size, device="cpu")
+    assert reg.params["scale_fixed"] and not reg.warnings
+    assert T.tre(reg.fixed_to_moving, T.from_params(translation=(x0, y0)), crop.shape) < 4.0
+
+
 def test_cli_predict_and_correlate(tiny, tmp_path):
     """End to end on files: tiny model, phantom EM and a 3-channel LM under a known affine."""
     _, folder = tiny
