@@ -85,6 +85,12 @@ def test_compose_invert_apply_to_points():
     np.testing.assert_allclose(T.as_matrix(a[:2].tolist()), a)
 
 
+def test_scale_of_is_the_isotropic_scale():
+    assert T.scale_of(T.from_params(rotation_deg=20, scale=1.3, translation=(5, -2), center=(10, 20))) \
+        == pytest.approx(1.3)
+    assert T.scale_of(T.from_params(scale=(2.0, 0.5))) == pytest.approx(1.0)
+
+
 def test_from_params_rotates_about_center():
     c = (63.5, 47.5)
     r = T.from_params(rotation_deg=30, center=c)

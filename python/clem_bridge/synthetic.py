@@ -186,7 +186,7 @@ def make_pair(shape=(512, 512), fixed_to_moving=None, seed: int = 0, moving_shap
         cell_diameter = float(np.clip(min(h, w) / 4.0, 40.0, 160.0))
 
     # canvas (EM pixel units) covering the EM and the LM footprint, with a margin for the PSF
-    lm_px = float(np.sqrt(abs(np.linalg.det(m2f[:2, :2]))))            # LM pixel size in EM pixels
+    lm_px = T.scale_of(m2f)                                           # LM pixel size in EM pixels
     psf = PSF_SIGMA_LM_PX * lm_px
     corners = np.array([[0, 0], [mw - 1, 0], [0, mh - 1], [mw - 1, mh - 1]], float)
     foot = T.apply_to_points(m2f, corners)

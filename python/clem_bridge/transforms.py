@@ -88,6 +88,11 @@ def from_params(*, rotation_deg: float = 0.0, scale: float | tuple[float, float]
             @ np.array([[1, 0, -cx], [0, 1, -cy], [0, 0, 1.0]]))
 
 
+def scale_of(m) -> float:
+    """Isotropic scale of a 3×3 matrix: √|det| of its linear part (area ratio, moving px per fixed px)."""
+    return float(np.sqrt(abs(np.linalg.det(as_matrix(m)[:2, :2]))))
+
+
 def center_of(shape: Shape) -> tuple[float, float]:
     """Pixel coordinates ``(x, y)`` of the centre of an image of ``shape`` (h, w)."""
     return ((shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0)

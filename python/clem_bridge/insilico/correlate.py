@@ -236,6 +236,16 @@ def refine_ecc(fixed: np.ndarray, moving: np.ndarray, init: np.ndarray, *, itera
     return m, float(cc)
 
 
+def _stained(chromatin_on_em: np.ndarray, region: np.ndarray) -> Optional[np.ndarray]:
+    """Otsu foreground (threshold from ``region``) of the σ=4 px blurred chromatin; None if ``region`` is
+    under 64 px or flat."""
+    from skimage.filters import threshold_otsu
+    blurred = cv2.GaussianBlur(chromatin_on_em.astype(np.float32, copy=False), (0, 0), 4.0)
+    if region.sum() < 64 or float(blurred[region].std()) < 1e-6:
+        return None
+    return blurred > threshold_otsu(blurred[region])
+
+
 NUCLEI_MIN_NCC = 0.2      # below this |NCC| the EM shows no chromatin contrast (noise: |NCC| < 0.06): stage skipped
 NUCLEI_MAX_SHIFT = 0.02   # largest accepted change, as a fraction of the EM's long side (mean over the grid)
 
@@ -253,17 +263,16 @@ def refine_nuclei(em: np.ndarray, chromatin: np.ndarray, init: np.ndarray, *, si
     Returns (matrix, metrics, warning or None); the stage keeps ``init`` when the EM shows no chromatin
     contrast (|NCC| < ``NUCLEI_MIN_NCC``) or when the change would exceed ``NUCLEI_MAX_SHIFT``.
     """
-    from skimage.filters import threshold_otsu
     f = min(1.0, size / max(em.shape))
     (ew, be), (cw, bc) = _binned(percentile_normalize(em), f), _binned(chromatin, f)
     m0 = np.linalg.inv(bc) @ T.as_matrix(init) @ be
     (warped,), valid = T.warp_channels([cw], m0, ew.shape)
-    blurred = cv2.GaussianBlur(warped, (0, 0), 4.0)
     inside = cv2.erode(valid.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
     metrics = {"nuclei_ncc": 0.0, "nuclei_shift_px": 0.0, "nuclei_applied": 0.0}
-    if inside.sum() < 64 or float(blurred[inside].std()) < 1e-6:
+    stained = _stained(warped, inside)
+    if stained is None:
         return init, metrics, None
-    nuclei = cv2.dilate((blurred > threshold_otsu(blurred[inside])).astype(np.uint8), np.ones((15, 15), np.uint8))
+    nuclei = cv2.dilate(stained.astype(np.uint8), np.ones((15, 15), np.uint8))
     mask = (nuclei > 0) & inside
     if mask.sum() < 64:
         return init, metrics, None
@@ -293,14 +302,11 @@ def count_blobs(chromatin_on_em: np.ndarray, valid: np.ndarray) -> int:
     On the DeepCLEM pairs: 12–18 in a full 1280×954 field, 9–14 in 1000×530 crops, 4–5 in 600×600 crops
     (where the scale or rotation came out 2–7 % / 2° wrong without pixel sizes).
     """
-    from skimage.filters import threshold_otsu
     from skimage.measure import label
-    if valid.sum() < 64:
+    stained = _stained(chromatin_on_em, valid)
+    if stained is None:
         return 0
-    blurred = cv2.GaussianBlur(chromatin_on_em.astype(np.float32), (0, 0), 4.0)
-    if float(blurred[valid].std()) < 1e-6:
-        return 0
-    blobs = label((blurred > threshold_otsu(blurred[valid])) & valid)
+    blobs = label(stained & valid)
     return int((np.bincount(blobs.ravel())[1:] >= BLOB_MIN_AREA).sum())
 
 
@@ -358,7 +364,7 @@ def register_chromatin(predicted: np.ndarray, chromatin: np.ndarray, *, params: 
         (fw, bf), (mw, bm) = _binned(fixed, f), _binned(moving, f)
         m, score = refine_similarity(fw, mw, np.linalg.inv(bm) @ m @ bf)
         m = bm @ m @ np.linalg.inv(bf)
-    warnings, fix_scale, fitted = [], False, float(np.sqrt(abs(np.linalg.det(m[:2, :2]))))
+    warnings, fix_scale, fitted = [], False, T.scale_of(m)
     if prior is not None and params.scale_from_pixel_size and params.model == "similarity":
         if abs(np.log(fitted / prior)) <= SCALE_SNAP:
             fix_scale = True
@@ -392,8 +398,8 @@ def register_chromatin(predicted: np.ndarray, chromatin: np.ndarray, *, params: 
     return Registration(fixed_to_moving=m, fixed_shape=tuple(fixed.shape), moving_shape=tuple(moving.shape),
                         method=f"deepclem-{params.model}",
                         params={**params.__dict__, "scale_prior": prior or 1.0, "scale_fixed": fix_scale},
-                        metrics={"ncc": q, "fitted_scale": fitted, "coarse_ncc": coarse, "refined_ncc": score, "overlap": float(valid.mean()),
-                                 "chromatin_blobs": float(blobs), **extra},
+                        metrics={"ncc": q, "fitted_scale": fitted, "coarse_ncc": coarse, "refined_ncc": score,
+                                 "overlap": float(valid.mean()), "chromatin_blobs": float(blobs), **extra},
                         warnings=warnings,
                         timings={"coarse_search_s": t1 - t0, "refine_s": t2 - t1},
                         fixed_pixel_size=fixed_pixel_size, moving_pixel_size=moving_pixel_size)
