@@ -173,7 +173,7 @@ class Client:
 
     def _finish(self, job: dict, out_dir, progress: Optional[Callable[[Any], None]]) -> Registration:
         """Wait for ``job`` with progress, download its artifacts into ``out_dir``; Ctrl-C cancels the job."""
-        from .register import Progress
+        from .progress import Progress
 
         def report(j: dict) -> None:
             if progress and j.get("stage"):

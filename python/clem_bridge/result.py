@@ -8,8 +8,20 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .schema import PixelSize, PixelSizes, TransformRecord
+from .schema import STATUSES, PixelSize, PixelSizes, TransformRecord
 from .transforms import as_matrix
+
+
+def _matrix(m, ndim: int) -> np.ndarray:
+    """A finite, invertible homogeneous matrix of size ``ndim + 1`` (3×3 in 2-D, 4×4 in 3-D)."""
+    if ndim == 2:
+        return as_matrix(m)
+    a = np.asarray(m, dtype=np.float64)
+    if a.shape != (4, 4) or not np.all(np.isfinite(a)) or not np.allclose(a[3], [0, 0, 0, 1]):
+        raise ValueError(f"expected a finite 4x4 affine matrix with last row [0, 0, 0, 1], got shape {a.shape}")
+    if abs(np.linalg.det(a[:3, :3])) < 1e-12:
+        raise ValueError("the affine matrix is singular")
+    return a
 
 
 @dataclass
@@ -28,6 +40,18 @@ class Registration:
     fixed_pixel_size: Optional[PixelSize] = None
     moving_pixel_size: Optional[PixelSize] = None
     warnings: list[str] = field(default_factory=list)
+    status: Optional[str] = None            # None: derived from the warnings (see :attr:`outcome`)
+    error_budget: Optional[dict[str, Any]] = None
+    ndim: int = 2
+
+    @property
+    def outcome(self) -> str:
+        """``ok``, ``uncertain`` (there are warnings) or ``failed``; an explicit :attr:`status` wins."""
+        if self.status is not None:
+            if self.status not in STATUSES:
+                raise ValueError(f"unknown status {self.status!r}")
+            return self.status
+        return "uncertain" if self.warnings else "ok"
 
     @property
     def moving_to_fixed(self) -> np.ndarray:
@@ -41,16 +65,17 @@ class Registration:
             pixel_size=PixelSizes(fixed=self.fixed_pixel_size, moving=self.moving_pixel_size),
             method=self.method, params=self.params, metrics=self.metrics, timings=self.timings,
             iterations=self.iterations, device=self.device, mi_curve=[float(v) for v in self.mi_curve],
-            warnings=list(self.warnings))
+            warnings=list(self.warnings), status=self.outcome, ndim=self.ndim,
+            error_budget=self.error_budget)
 
     @classmethod
     def from_record(cls, rec: TransformRecord) -> "Registration":
-        return cls(fixed_to_moving=as_matrix(rec.fixed_to_moving), fixed_shape=tuple(rec.fixed_shape),
+        return cls(fixed_to_moving=_matrix(rec.fixed_to_moving, rec.ndim), fixed_shape=tuple(rec.fixed_shape),
                    moving_shape=tuple(rec.moving_shape), method=rec.method, params=rec.params,
                    metrics=rec.metrics, timings=rec.timings, mi_curve=rec.mi_curve,
                    iterations=rec.iterations, device=rec.device,
                    fixed_pixel_size=rec.pixel_size.fixed, moving_pixel_size=rec.pixel_size.moving,
-                   warnings=list(rec.warnings))
+                   warnings=list(rec.warnings), status=rec.status, error_budget=rec.error_budget, ndim=rec.ndim)
 
     def save_json(self, path) -> Path:
         p = Path(path)

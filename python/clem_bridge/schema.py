@@ -1,20 +1,24 @@
 """The transform JSON (CLI contract), defined once and used by CLI, server and tests."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, Field
 
 from . import __version__
 
-CONVENTION = ("pixel coordinates, x right, y down, origin at the centre of the top-left pixel; "
-              "fixed_to_moving maps fixed (EM) pixel -> moving (LM) pixel")
+CONVENTION = ("pixel coordinates, x right, y down (z down the stack in 3-D), origin at the centre of the "
+              "top-left pixel; fixed_to_moving maps fixed (EM) pixel -> moving (LM) pixel")
+
+Status = Literal["ok", "uncertain", "failed"]
+STATUSES = ("ok", "uncertain", "failed")
 
 
 class PixelSize(BaseModel):
-    """Physical size of one pixel (x and y) in ``unit`` (e.g. 'um', 'nm')."""
+    """Physical size of one pixel (x, y and, for stacks, z) in ``unit`` (e.g. 'um', 'nm')."""
     x: float = Field(gt=0)
     y: float = Field(gt=0)
+    z: Optional[float] = Field(default=None, gt=0)
     unit: str = "um"
 
 
@@ -24,7 +28,9 @@ class PixelSizes(BaseModel):
 
 
 class TransformRecord(BaseModel):
-    """Content of ``transform.json``; shapes are ``[height, width]``."""
+    """Content of ``transform.json``; shapes are ``[height, width]`` (``[depth, height, width]`` when
+    ``ndim`` is 3, with 4×4 matrices).  ``status`` is ``ok``, ``uncertain`` (see ``warnings``) or
+    ``failed``; ``error_budget`` holds the fiducial error report when there is one (nm)."""
     fixed_to_moving: list[list[float]]
     moving_to_fixed: list[list[float]]
     fixed_shape: list[int]
@@ -38,5 +44,8 @@ class TransformRecord(BaseModel):
     device: str = "cpu"
     mi_curve: list[float] = []
     warnings: list[str] = []
+    status: Status = "ok"
+    ndim: int = 2
+    error_budget: Optional[dict[str, Any]] = None
     convention: str = CONVENTION
     version: str = __version__

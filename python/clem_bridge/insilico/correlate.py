@@ -40,7 +40,7 @@ from scipy import optimize
 from .. import transforms as T
 from ..errors import Cancelled, InputError
 from ..io import check_image
-from ..register.mine import CancelFn, Progress, ProgressFn
+from ..progress import CancelFn, Progress, ProgressFn
 from ..result import Registration
 from ..schema import PixelSize
 from . import DEFAULT_MODEL

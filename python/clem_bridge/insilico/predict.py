@@ -14,7 +14,7 @@ import yaml
 from ..device import select_device
 from ..errors import Cancelled, InputError
 from ..io import MAX_PIXELS, check_image
-from ..register.mine import CancelFn, Progress, ProgressFn
+from ..progress import CancelFn, Progress, ProgressFn
 from . import DEFAULT_MODEL
 from .normalize import normalize_em
 from .unet import UNet

@@ -1,4 +1,5 @@
 """Registration engines: MINE (``register_mine``) with a global initial search."""
-from .mine import MineParams, Progress, register_mine
+from ..progress import Progress
+from .mine import MineParams, register_mine
 
 __all__ = ["MineParams", "Progress", "register_mine"]

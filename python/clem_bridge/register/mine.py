@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -35,23 +35,10 @@ import torch.nn.functional as F
 
 from ..device import device_label, select_device
 from ..errors import Cancelled, InputError
+from ..progress import CancelFn, Progress, ProgressFn
 from ..result import Registration
 from ..transforms import as_matrix, center_of, pixel_to_normalized, rescale, resize_matrix, warp_image
 from .search import global_search
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One progress report: ``stage`` name, iteration in that stage, MI estimate, overall fraction 0–1."""
-    stage: str
-    iteration: int
-    total: Optional[int]
-    mi: Optional[float]
-    fraction: float
-
-
-ProgressFn = Callable[[Progress], None]
-CancelFn = Callable[[], bool]
 
 
 @dataclass
