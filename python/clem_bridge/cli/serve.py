@@ -24,13 +24,17 @@ def serve_command(
     max_upload_mb: float = typer.Option(2048.0, help="largest request body accepted (413 above)"),
     max_pixels: int = typer.Option(400_000_000, help="largest image accepted, in pixels (422 above)"),
     max_queue: int = typer.Option(32, help="jobs allowed to wait (429 with Retry-After above)"),
+    keep_days: float = typer.Option(30.0, help="delete finished jobs older than this at start-up (0 = keep all)"),
+    min_free_mb: float = typer.Option(100.0, help="refuse uploads (507) that would leave less free disk than this"),
+    threads: int = typer.Option(0, help="torch CPU threads for the whole server (0 = torch's default)"),
 ) -> None:
     """Run the registration server (prints its URL and device; Ctrl-C stops it cleanly)."""
     from ..server.run import serve
     from ..server.settings import Settings, default_data_dir
 
     settings = Settings(host=host, port=port, device=device, data_dir=data_dir or default_data_dir(),
-                        token=token, max_upload_mb=max_upload_mb, max_pixels=max_pixels, max_queue=max_queue)
+                        token=token, max_upload_mb=max_upload_mb, max_pixels=max_pixels, max_queue=max_queue,
+                        keep_days=keep_days, min_free_mb=min_free_mb, threads=threads)
     try:
         serve(settings, announce=typer.echo)
     except InputError as e:

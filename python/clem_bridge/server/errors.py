@@ -9,12 +9,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from ..errors import InputError
+from .store import disk_full
 
 log = logging.getLogger("clem_bridge.server")
 
-CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
          409: "conflict", 413: "payload_too_large", 422: "invalid_input", 429: "queue_full",
-         500: "internal_error"}
+         500: "internal_error", 507: "insufficient_storage"}
 
 
 class ApiError(HTTPException):
@@ -55,6 +56,20 @@ def _input_error(request: Request, exc: InputError) -> JSONResponse:
     return error_response(422, _sentence(str(exc)), "invalid_input")
 
 
+def disk_full_response(free_bytes: int, min_free_bytes: int) -> JSONResponse:
+    return error_response(507, f"The server's disk is nearly full ({free_bytes / 2**20:.0f} MB free, it keeps "
+                          f"{min_free_bytes / 2**20:.0f} MB free: --min-free-mb); free space under its data dir "
+                          "and try again.")
+
+
+def _os_error(request: Request, exc: OSError) -> JSONResponse:
+    if disk_full(exc):
+        log.error("%s %s: %s", request.method, request.url.path, exc)
+        return error_response(507, _sentence(f"The server's disk is full ({exc.strerror or exc}); free space "
+                                             "under its data dir and try again"))
+    return _unexpected(request, exc)
+
+
 def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error in %s %s", request.method, request.url.path)
     return error_response(500, "The server hit an unexpected error; see its log for details.")
@@ -64,4 +79,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(InputError, _input_error)
+    app.add_exception_handler(OSError, _os_error)
     app.add_exception_handler(Exception, _unexpected)

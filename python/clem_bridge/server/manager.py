@@ -2,12 +2,18 @@
 
 Restart policy: a job found ``running`` in its ``job.json`` when the server starts was cut off by
 a crash or kill and is marked ``interrupted``; jobs found ``queued`` still have their inputs on
-disk and are queued again in submission order.  A clean shutdown (Ctrl-C) cancels the running job
-between iterations and marks it ``interrupted`` too.
+disk and are queued again in submission order; finished jobs older than ``keep_days`` are deleted.
+A clean shutdown (Ctrl-C) cancels the running job between iterations and marks it ``interrupted`` too.
+
+Failing safe: nothing a job does, and no ``OSError`` of the job store (a full disk), ends the
+worker thread; the job fails with a one-sentence error and the worker takes the next one.  A
+result holding NaN/inf (a metric that could not be computed) loses those values and gains a warning,
+so the job record and ``transform.json`` always stay valid JSON that reads back.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import queue
@@ -15,12 +21,13 @@ import threading
 import time
 from collections import deque
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Optional
 
-from .. import jobs as job_types
+from ..workflows import jobs as job_types
 from ..errors import Cancelled, InputError
+from ..schema import STATUSES
 from .schemas import TERMINAL, ErrorBody, Job, JobState
-from .store import JobStore
+from .store import JobStore, disk_full, write_atomic
 
 log = logging.getLogger("clem_bridge.server")
 
@@ -35,15 +42,32 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _json_safe(obj: Any) -> Any:
-    """Replace NaN/inf (not representable in JSON) by None, recursively."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
+def _bad_number(v: Any) -> bool:
+    return isinstance(v, float) and not math.isfinite(v)
+
+
+def finite_only(obj: Any, where: str = "") -> tuple[Any, list[str]]:
+    """``obj`` without NaN/inf floats (dropped from dicts and lists, recursively) and where they were."""
     if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
+        items = [(f"{where}.{k}" if where else str(k), k, v) for k, v in obj.items()]
+        clean: Any = {}
+    elif isinstance(obj, (list, tuple)):
+        items = [(f"{where}[{i}]", i, v) for i, v in enumerate(obj)]
+        clean = []
+    else:
+        return obj, []
+    dropped = []
+    for name, key, value in items:
+        if _bad_number(value):
+            dropped.append(name)
+            continue
+        value, inner = finite_only(value, name)
+        dropped += inner
+        if isinstance(clean, dict):
+            clean[key] = value
+        else:
+            clean.append(value)
+    return clean, dropped
 
 
 def _one_line(exc: BaseException) -> str:
@@ -51,11 +75,21 @@ def _one_line(exc: BaseException) -> str:
     return text[:500]
 
 
+def _storage_error(exc: OSError) -> ErrorBody:
+    if disk_full(exc):
+        return ErrorBody(error="insufficient_storage", detail=f"The server's disk is full ({_one_line(exc)}); "
+                         "free space under its data dir and submit the job again.")
+    return ErrorBody(error="storage_error", detail=f"The server could not write this job's files: {_one_line(exc)}.")
+
+
 class JobManager:
-    def __init__(self, store: JobStore, *, device: str, max_queue: int):
+    def __init__(self, store: JobStore, *, device: str, max_queue: int, keep_days: float = 30.0,
+                 extra_types: Optional[Mapping[str, job_types.JobType]] = None):
         self.store = store
         self.device = device
         self.max_queue = max_queue
+        self.keep_days = keep_days
+        self.types = {**job_types.JOB_TYPES, **(extra_types or {})}
         self._lock = threading.RLock()
         self._jobs: dict[str, Job] = {}
         self._cancel: dict[str, threading.Event] = {}
@@ -68,7 +102,12 @@ class JobManager:
 
     # --- lifecycle -----------------------------------------------------------------------
     def _recover(self) -> None:
+        removed = 0
         for job in self.store.load_all():
+            if self.store.expired(job, self.keep_days):
+                self.store.delete(job.id)
+                removed += 1
+                continue
             if job.status == JobState.running:
                 job.status, job.finished = JobState.interrupted, _now()
                 job.error = ErrorBody(error="interrupted", detail="The server stopped while this job was running; "
@@ -78,6 +117,8 @@ class JobManager:
             if job.status == JobState.queued:
                 self._cancel[job.id] = threading.Event()
                 self._queue.put(job.id)
+        if removed:
+            log.info("removed %d finished job(s) older than %g days (--keep-days)", removed, self.keep_days)
 
     def start(self) -> None:
         self._thread.start()
@@ -91,6 +132,10 @@ class JobManager:
         self._queue.put(None)
         if self._thread.is_alive():
             self._thread.join(timeout)
+
+    @property
+    def worker_alive(self) -> bool:
+        return self._thread.is_alive()
 
     # --- queries ---------------------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:
@@ -170,46 +215,78 @@ class JobManager:
         return report
 
     def _loop(self) -> None:
-        while True:
-            job_id = self._queue.get()
+        while (job_id := self._queue.get()) is not None:
             with self._lock:
-                job = self._jobs.get(job_id) if job_id else None
-                if job_id is None or self._stopping:
+                if self._stopping:
                     return
+                job = self._jobs.get(job_id)
                 if job is None or job.status != JobState.queued:
                     continue
                 job.status, job.started, self._running = JobState.running, _now(), job_id
                 job.timings["queue_s"] = (job.started - job.created).total_seconds()
-                self.store.save(job)
                 cancel = self._cancel[job_id]
-            self._run(job, cancel)
+            t0 = time.perf_counter()
+            status, error, result = self._execute(job, cancel)
+            self._finish(job, status, error, result, time.perf_counter() - t0)
 
-    def _run(self, job: Job, cancel: threading.Event) -> None:
-        spec = job_types.JOB_TYPES[job.type]
-        inputs = {k: self.store.inputs_dir(job.id) / v for k, v in job.inputs.items()}
-        params = {**job.params, "device": self.device}
-        t0 = time.perf_counter()
-        status, error, result = JobState.done, None, None
+    def _execute(self, job: Job, cancel: threading.Event) -> tuple[JobState, ErrorBody | None, dict | None]:
+        """Run the job into ``work/`` and publish its outputs; never raises."""
         try:
-            result = _json_safe(spec.run(inputs, params, self.store.out_dir(job.id), self._progress(job),
-                                         cancel.is_set).get("result"))
+            self.store.save(job)
+            spec = self.types.get(job.type)
+            if spec is None:
+                return JobState.failed, ErrorBody(error="job_failed", detail=f"This server has no job type "
+                                                  f"{job.type!r}."), None
+            inputs = {k: self.store.inputs_dir(job.id) / v for k, v in job.inputs.items()}
+            work = self.store.new_work_dir(job.id)
+            out = spec.run(inputs, {**job.params, "device": self.device}, work, self._progress(job), cancel.is_set)
+            result = self._checked_result(out.get("result"), work)
+            self.store.publish(job.id)
+            return JobState.done, None, result
         except Cancelled:
-            status = JobState.interrupted if self._stopping else JobState.cancelled
             if self._stopping:
-                error = ErrorBody(error="interrupted", detail="The server was shut down while this job was running.")
+                return JobState.interrupted, ErrorBody(error="interrupted", detail="The server was shut down "
+                                                       "while this job was running."), None
+            return JobState.cancelled, None, None
         except InputError as e:
-            status, error = JobState.failed, ErrorBody(error="invalid_input", detail=_one_line(e))
+            return JobState.failed, ErrorBody(error="invalid_input", detail=_one_line(e)), None
+        except OSError as e:
+            log.error("job %s (%s): %s", job.id, job.type, e)
+            return JobState.failed, _storage_error(e), None
         except Exception as e:  # a job must never kill the worker
             log.exception("job %s (%s) failed", job.id, job.type)
-            status, error = JobState.failed, ErrorBody(error="job_failed", detail=f"{type(e).__name__}: {_one_line(e)}")
-        run_s = time.perf_counter() - t0
+            return JobState.failed, ErrorBody(error="job_failed", detail=f"{type(e).__name__}: {_one_line(e)}"), None
+
+    @staticmethod
+    def _checked_result(result: Any, work) -> Any:
+        """The result without NaN/inf; when some were dropped it gets a warning, ``ok`` becomes
+        ``uncertain`` and the job's ``transform.json`` (the same record) is rewritten to match."""
+        result, dropped = finite_only(result)
+        if dropped and isinstance(result, dict):
+            result.setdefault("warnings", []).append(
+                f"non-finite values (NaN/inf) were dropped from the result: {', '.join(dropped)}")
+            if result.get("status") == "ok":
+                result["status"] = "uncertain"
+            if (work / "transform.json").is_file():
+                write_atomic(work / "transform.json", json.dumps(result, indent=2))
+        return result
+
+    def _finish(self, job: Job, status: JobState, error: ErrorBody | None, result: Any, run_s: float) -> None:
+        if status != JobState.done:
+            self.store.discard_work(job.id)
         with self._lock:
             job.status, job.error, job.result, job.finished = status, error, result, _now()
+            job.result_status = result.get("status") if isinstance(result, dict) and \
+                result.get("status") in STATUSES else None
             job.timings["run_s"] = run_s
             if status == JobState.done:
                 job.progress = 1.0
                 self._durations.append(run_s)
-            job.artifacts = self.store.artifacts(job.id)
             self._running = None
-            self.store.save(job)
-        log.info("job %s %s in %.2f s", job.id, status.value, run_s)
+            try:
+                job.artifacts = self.store.artifacts(job.id)
+                self.store.save(job)
+            except OSError as e:         # the record stays in memory; after a restart the job reads interrupted
+                log.error("job %s: could not save its record: %s", job.id, e)
+                job.status, job.error, job.result, job.result_status = JobState.failed, _storage_error(e), None, None
+        log.info("job %s %s in %.2f s", job.id, job.status.value, run_s)

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import socket
-from typing import Callable
+from typing import Callable, Mapping, Optional
 
+import torch
 import uvicorn
 
 from ..errors import InputError
@@ -28,12 +29,19 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def serve(settings: Settings, announce: Callable[[str], None] = print, log_level: str = "warning") -> None:
-    """Serve until Ctrl-C / SIGTERM; ``announce`` gets one line with the URL, device and data dir."""
-    app = create_app(settings)
+def serve(settings: Settings, announce: Callable[[str], None] = print, log_level: str = "warning",
+          extra_job_types: Optional[Mapping] = None) -> None:
+    """Serve until Ctrl-C / SIGTERM; ``announce`` gets one line with the URL, device and data dir.
+
+    The torch CPU thread count is set here, once for the process (``settings.threads``); the engines
+    never change it, so concurrent computations stay deterministic.  ``extra_job_types``: see
+    :func:`~clem_bridge.server.app.create_app`."""
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    app = create_app(settings, extra_job_types)
     sock = bind(settings.host, settings.port)
     announce(f"clem-bridge server on {url_of(sock)} (device: {app.state.device_label}, "
-             f"data: {settings.data_dir})")
+             f"{torch.get_num_threads()} CPU threads, data: {settings.data_dir})")
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5)
     try:
         uvicorn.Server(config).run(sockets=[sock])

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..schema import PixelSize
+from ..schema import PixelSize, Status
 
 
 class ErrorBody(BaseModel):
@@ -48,6 +48,8 @@ class Job(BaseModel):
     artifacts: list[str] = []
     result: Optional[dict[str, Any]] = Field(None, description="the job's result (transform record for "
                                              "'register') once done; omitted in listings")
+    result_status: Optional[Status] = Field(None, description="the result's own status once done: ok, uncertain "
+                                            "(see its warnings) or failed (the registration did not succeed)")
 
 
 class JobList(BaseModel):
@@ -55,7 +57,8 @@ class JobList(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok"] = "ok"
+    status: Literal["ok", "degraded"] = Field(description="degraded: the worker is not running or the disk is "
+                                              "nearly full (see worker, disk_free_mb)")
     version: str
     device: str
     models: list[str]
@@ -63,6 +66,9 @@ class Health(BaseModel):
     queued: int
     running: int
     uptime_s: float
+    worker: Literal["alive", "stopped"] = Field(description="the compute worker thread that runs the jobs")
+    disk_free_mb: float = Field(description="free space under the data dir")
+    min_free_mb: float = Field(description="uploads are refused (507) when less than this would remain")
 
 
 class RegisterParams(BaseModel):

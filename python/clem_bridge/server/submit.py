@@ -11,7 +11,6 @@ from fastapi import Request, Response, UploadFile
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from .. import jobs as job_types
 from .errors import ApiError
 from .manager import JobManager, QueueFull
 from .schemas import TERMINAL, Job
@@ -51,7 +50,7 @@ def _create(request: Request, job_type: str, params: dict, uploads: dict[str, li
         saved = {field: [save_upload(f, raw / field / str(k)) for k, f in enumerate(files)]
                  for field, files in uploads.items()}
         inputs_dir = store.inputs_dir(job_id)
-        inputs = job_types.JOB_TYPES[job_type].prepare(saved, params, inputs_dir, state.settings.max_pixels)
+        inputs = manager.types[job_type].prepare(saved, params, inputs_dir, state.settings.max_pixels)
         shutil.rmtree(raw, ignore_errors=True)
         job = Job(id=job_id, type=job_type, created=datetime.now(timezone.utc), params=params,
                   inputs={k: str(p.relative_to(inputs_dir)) for k, p in inputs.items()})
