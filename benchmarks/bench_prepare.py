@@ -10,7 +10,7 @@ peak value), with a metadata PSR 5 % off and without metadata.
 calibrated TIFFs, then in a fresh process: read, PSR/field of view, MINE registration at the working
 size, composed matrix, strip-wise warp of both LM channels at full EM resolution into a TIFF.  Reports
 wall time, peak RSS of that process and TRE against the truth; then the same through
-``pipeline.register_files(prepare=True)`` (what ``clem-bridge register --prepare`` runs).  Usage::
+``workflows.register.register_files(prepare=True)`` (what ``clem-bridge register --prepare`` runs).  Usage::
 
     OMP_NUM_THREADS=2 python benchmarks/bench_prepare.py [--psr] [--large] [--ratios 2,3,5,8.05,10]
 """
@@ -130,7 +130,7 @@ RUN_PIPELINE = r"""
 import json, sys, time, resource
 from pathlib import Path
 t0 = time.perf_counter()
-from clem_bridge.pipeline import register_files
+from clem_bridge.workflows.register import register_files
 from clem_bridge import transforms as T
 d = Path(sys.argv[1])
 reg = register_files(d / "em.tif", d / "lm.tif", d / "out", prepare=True, device="cpu")

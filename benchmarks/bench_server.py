@@ -1,7 +1,7 @@
 """Server benchmark: request overhead vs the direct library call, and ``/v1/apply`` throughput; prints JSON.
 
 * ``register``: a phantom EM/LM pair (``--size``², 3 LM channels) registered once with
-  ``pipeline.register_files`` in this process and once through a real server (uvicorn on
+  ``workflows.register.register_files`` in this process and once through a real server (uvicorn on
   127.0.0.1, HTTP upload → queue → worker → result + warped-TIFF download).  ``overhead_s`` is the
   server wall time minus the direct wall time; ``http_overhead_s`` excludes the job's own run time
   (upload, validation, queueing, polling, download).
@@ -31,7 +31,7 @@ from clem_bridge import __version__
 from clem_bridge import transforms as T
 from clem_bridge.client import Client
 from clem_bridge.io import read_image
-from clem_bridge.pipeline import register_files
+from clem_bridge.workflows.register import register_files
 from clem_bridge.server import Settings, create_app
 from clem_bridge.server.run import bind, url_of
 from clem_bridge.synthetic import make_pair, save_pair

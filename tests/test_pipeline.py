@@ -8,7 +8,7 @@ from PIL import Image
 from clem_bridge import transforms as T
 from clem_bridge.errors import Cancelled, InputError
 from clem_bridge.io import read_image, write_tiff
-from clem_bridge.pipeline import register_files
+from clem_bridge.workflows.register import register_files
 from clem_bridge.result import load_transform_json
 from clem_bridge.schema import PixelSize
 

@@ -5,9 +5,10 @@ import pytest
 from clem_bridge import transforms as T
 from clem_bridge.errors import InputError
 from clem_bridge.preprocess import (estimate_psr, final_fixed_to_moving, grey_fill, prepare_pair,
-                                    psr_from_pixel_sizes, register_prepared, working_shape)
+                                    psr_from_pixel_sizes, register_prepared)
 from clem_bridge.schema import PixelSize
 from clem_bridge.synthetic import centred_affine, make_pair
+from clem_bridge.transforms import working_shape
 
 PSR = 8.05
 EM_SHAPE, LM_SHAPE = (768, 1024), (256, 256)

@@ -161,13 +161,13 @@ class Client:
 
     def register_files(self, em, lm, out_dir, *, extra_channel_paths: Sequence = (),
                        progress: Optional[Callable[[Any], None]] = None, **params) -> Registration:
-        """:func:`~clem_bridge.pipeline.register_files` run on the server: submit, feed the server's
+        """:func:`~clem_bridge.workflows.register.register_files` run on the server: submit, feed the server's
         progress to ``progress(Progress)``, download every artifact into ``out_dir``; Ctrl-C cancels the job."""
         return self._finish(self.register(em, lm, extra=list(extra_channel_paths), **params), out_dir, progress)
 
     def correlate_files(self, em, chromatin, out_dir, *, extra_channel_paths: Sequence = (),
                         progress: Optional[Callable[[Any], None]] = None, **params) -> Registration:
-        """:func:`~clem_bridge.insilico.correlate.correlate_files` run on the server, as :meth:`register_files`."""
+        """:func:`~clem_bridge.workflows.correlate.correlate_files` run on the server, as :meth:`register_files`."""
         return self._finish(self.correlate(em, chromatin, extra=list(extra_channel_paths), **params), out_dir,
                             progress)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import sys
+from importlib import resources
 from pathlib import Path
 
 from .errors import InputError
@@ -15,14 +15,11 @@ _LAUNCHERS = ("ImageJ-*", "fiji-*", "Fiji", "ImageJ", "Contents")
 
 
 def scripts_dir() -> Path:
-    """The ``fiji_scripts`` folder: next to ``python/`` in a checkout (editable install), else the data files."""
-    candidates = [Path(__file__).resolve().parents[2] / "fiji_scripts",
-                  Path(sys.prefix) / "share" / "clem-bridge" / "fiji_scripts"]
-    for c in candidates:
-        if (c / "jars" / "Lib" / "clem_bridge_fiji.py").is_file():
-            return c
-    raise InputError("the clem-bridge Fiji scripts were not found (looked in "
-                     + ", ".join(str(c) for c in candidates) + "); reinstall clem-bridge")
+    """The Fiji scripts shipped in the package (``clem_bridge.fiji_scripts``: ``jars/`` and ``scripts/``)."""
+    src = Path(str(resources.files("clem_bridge.fiji_scripts")))
+    if not (src / "jars" / "Lib").is_dir() or not (src / "scripts").is_dir():
+        raise InputError(f"the clem-bridge Fiji scripts were not found in {src}; reinstall clem-bridge")
+    return src
 
 
 def is_fiji(app: Path) -> bool:

@@ -10,19 +10,13 @@ import torch
 from PIL import Image
 from pytorch_msssim import ms_ssim, ssim
 
+from .intensity import percentile_normalise
+
 COLOURS = {"magenta": (1.0, 0.0, 1.0), "green": (0.0, 1.0, 0.0), "cyan": (0.0, 1.0, 1.0),
            "yellow": (1.0, 1.0, 0.0), "red": (1.0, 0.0, 0.0), "blue": (0.2, 0.4, 1.0), "orange": (1.0, 0.5, 0.0)}
 DEFAULT_COLOURS = ("magenta", "green", "cyan", "yellow", "orange")
 MIN_OVERLAP = 64            # pixels; below this the metrics are reported as 0
 SSIM_MAX_SIDE = 1024        # MS-SSIM is computed on the overlap box binned to at most this size
-
-
-def normalise(img: np.ndarray, mask: Optional[np.ndarray] = None, lo: float = 1.0, hi: float = 99.5) -> np.ndarray:
-    """Percentile-stretch ``img`` (percentiles taken inside ``mask``) to float32 [0, 1]."""
-    a = np.asarray(img, dtype=np.float32)
-    vals = a[mask] if mask is not None and mask.any() else a
-    p0, p1 = np.percentile(vals, [lo, hi])
-    return np.clip((a - p0) / max(float(p1 - p0), 1e-12), 0, 1)
 
 
 def ncc(a: np.ndarray, b: np.ndarray) -> float:
@@ -110,7 +104,7 @@ def overlap_metrics(fixed: np.ndarray, warped_moving: np.ndarray, mask: Optional
     box = inner_box(mask)
     if box is not None:
         mb = m[box] if out["ncc"] >= 0 else -m[box]
-        out["ms_ssim"] = _ssim_score(normalise(f[box], lo=1, hi=99), normalise(mb, lo=1, hi=99))
+        out["ms_ssim"] = _ssim_score(percentile_normalise(f[box], 1, 99), percentile_normalise(mb, 1, 99))
     return out
 
 
@@ -128,7 +122,7 @@ def _rgb(colour) -> np.ndarray:
 def overlay_rgb(em: np.ndarray, channels: Sequence[np.ndarray], colours: Optional[Sequence] = None,
                 mask: Optional[np.ndarray] = None) -> np.ndarray:
     """EM in grey plus each LM channel added in its colour (percentile-normalised) → uint8 (H, W, 3)."""
-    grey = normalise(em, lo=0.5, hi=99.5)
+    grey = percentile_normalise(em, 0.5, 99.5)
     colours = list(colours) if colours is not None else list(DEFAULT_COLOURS)
     if len(colours) < len(channels):
         colours += [DEFAULT_COLOURS[i % len(DEFAULT_COLOURS)] for i in range(len(colours), len(channels))]
@@ -136,7 +130,7 @@ def overlay_rgb(em: np.ndarray, channels: Sequence[np.ndarray], colours: Optiona
     for ch, col in zip(channels, colours):
         if ch.shape != grey.shape:
             raise ValueError(f"channel shape {ch.shape} differs from the EM {grey.shape}")
-        c = normalise(ch, mask, lo=1.0, hi=99.5)
+        c = percentile_normalise(ch, 1.0, 99.5, mask=mask)
         if mask is not None:
             c = c * mask
         out += 0.8 * c[..., None] * _rgb(col)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_serializer
 
 from . import __version__
 
@@ -20,6 +20,13 @@ class PixelSize(BaseModel):
     y: float = Field(gt=0)
     z: Optional[float] = Field(default=None, gt=0)
     unit: str = "um"
+
+    @model_serializer(mode="wrap")
+    def _drop_missing_z(self, handler):
+        data = handler(self)
+        if data.get("z") is None:
+            data.pop("z", None)
+        return data
 
 
 class PixelSizes(BaseModel):

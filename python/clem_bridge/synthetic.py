@@ -19,6 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from . import transforms as T
+from .intensity import percentile_normalise
 from .schema import PixelSize
 
 LM_CHANNELS = ("reflected", "chromatin", "fluorescence")
@@ -157,11 +158,6 @@ def _lm_from_scene(s: dict[str, np.ndarray], texture: np.ndarray) -> dict[str, n
     }
 
 
-def _normalise(a: np.ndarray) -> np.ndarray:
-    lo, hi = np.percentile(a, [0.1, 99.9])
-    return np.clip((a - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
-
-
 def make_pair(shape=(512, 512), fixed_to_moving=None, seed: int = 0, moving_shape=None,
               lm_pixel_ratio: float = 1.0, *, cell_diameter: Optional[float] = None,
               em_noise: float = 0.04, lm_noise: float = 0.02) -> SyntheticPair:
@@ -219,7 +215,7 @@ def make_pair(shape=(512, 512), fixed_to_moving=None, seed: int = 0, moving_shap
         blurred = cv2.GaussianBlur(img.astype(np.float32), (0, 0), max(psf, 0.5))
         sampled = ndimage.map_coordinates(blurred, [sy, sx], order=1, mode="nearest")
         sampled = sampled + rng.normal(0, lm_noise, sampled.shape)
-        lm[name] = _normalise(sampled)
+        lm[name] = percentile_normalise(sampled, 0.1, 99.9)
 
     masks = {k: scene[k][crop].copy() for k in ("membrane", "nucleus", "heterochromatin", "mitochondria")}
     fpx = PixelSize(x=EM_PIXEL_UM, y=EM_PIXEL_UM, unit="um")

@@ -93,13 +93,7 @@ def preview(em: np.ndarray, channels: Sequence[np.ndarray], fixed_to_moving, max
 
     For overlays of very large EMs; at or below ``max_side`` this is the full-resolution warp.
     """
-    import cv2
-
-    from .preprocess import working_shape
-    shape = working_shape(em.shape, max_side)
-    small = em if shape == tuple(em.shape) else cv2.resize(
-        em if em.dtype in (np.uint8, np.uint16, np.float32) else em.astype(np.float32), (shape[1], shape[0]),
-        interpolation=cv2.INTER_AREA)
-    warped, valid = T.warp_channels(channels, T.as_matrix(fixed_to_moving) @ T.resize_matrix(em.shape, shape),
-                                    shape)
+    shape = T.working_shape(em.shape, max_side)
+    small, small_to_em = T.area_resize(em, shape)
+    warped, valid = T.warp_channels(channels, T.as_matrix(fixed_to_moving) @ small_to_em, shape)
     return small, warped, valid

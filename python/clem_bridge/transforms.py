@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
+import cv2
 import numpy as np
 from scipy import ndimage
 
@@ -145,6 +146,30 @@ def rescale(fixed_to_moving, fixed_full: Shape, fixed_work: Shape,
 
 
 # --- warping ---------------------------------------------------------------------------
+
+def working_shape(shape: Shape, work_size: int | None) -> tuple[int, int]:
+    """``shape`` scaled so its long side is at most ``work_size`` (unchanged when None or smaller)."""
+    h, w = int(shape[0]), int(shape[1])
+    if not work_size or max(h, w) <= work_size:
+        return h, w
+    f = work_size / max(h, w)
+    return max(1, int(round(h * f))), max(1, int(round(w * f)))
+
+
+def scaled_shape(shape: Shape, factor: float, min_side: int = 1) -> tuple[int, int]:
+    """``shape`` times ``factor`` (rounded), each side at least ``min_side``."""
+    return max(min_side, int(round(shape[0] * factor))), max(min_side, int(round(shape[1] * factor)))
+
+
+def area_resize(img: np.ndarray, shape: Shape) -> tuple[np.ndarray, np.ndarray]:
+    """``img`` resampled to ``shape`` by area averaging (binning), and the matrix mapping the new pixels
+    to ``img`` pixels (:func:`resize_matrix`).  The same array and the identity when the shape is unchanged."""
+    shape = (int(shape[0]), int(shape[1]))
+    if shape == tuple(img.shape[:2]):
+        return img, np.eye(3)
+    src = img if img.dtype in (np.uint8, np.uint16, np.float32) else img.astype(np.float32)
+    return cv2.resize(src, (shape[1], shape[0]), interpolation=cv2.INTER_AREA), resize_matrix(img.shape, shape)
+
 
 def _scipy_matrix(fixed_to_moving) -> tuple[np.ndarray, np.ndarray]:
     """(row, col) matrix and offset for ``scipy.ndimage.affine_transform``."""

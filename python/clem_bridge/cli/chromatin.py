@@ -60,15 +60,11 @@ def add_commands(app) -> None:
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     ) -> None:
         """Predict the chromatin stain of an EM image."""
-        from ..io import check_image, read_image, select_channel, write_tiff
-        from ..insilico.predict import predict_chromatin
+        from ..workflows.predict import predict_file
 
         with user_errors():
-            img = read_image(em)
-            grey = check_image(select_channel(img), f"EM image {img.path.name}")
             with progress_bar() as report:
-                pred = predict_chromatin(grey, model, device=device, progress=report)
-            write_tiff(out, pred, img.pixel_size)
+                predict_file(em, out, model=model, device=device, progress=report)
             typer.echo(f"predicted chromatin written to {out}")
 
     @app.command("correlate")
@@ -98,8 +94,9 @@ def add_commands(app) -> None:
         token: Optional[str] = typer.Option(None, "--token", envvar="CLEM_BRIDGE_TOKEN", help="Token for --server."),
     ) -> None:
         """DeepCLEM: predict chromatin from the EM, register it to the measured chromatin, warp the channels."""
-        from ..insilico.correlate import (OVERLAY_PNG, PREDICTED_TIFF, TRANSFORM_JSON, WARPED_TIFF, SearchParams,
-                                          correlate_files)
+        from ..insilico.correlate import SearchParams
+        from ..workflows.correlate import correlate_files
+        from ..workflows.outputs import OVERLAY_PNG, PREDICTED_TIFF, TRANSFORM_JSON, WARPED_TIFF
 
         with user_errors():
             if transform not in ("similarity", "affine"):

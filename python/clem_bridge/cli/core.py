@@ -62,7 +62,7 @@ def user_errors():
 
 
 def _summary(reg, out: Path) -> None:
-    from ..pipeline import MI_CURVE_PNG, OVERLAY_PNG, TRANSFORM_JSON, WARPED_TIFF
+    from ..workflows.outputs import MI_CURVE_PNG, OVERLAY_PNG, TRANSFORM_JSON, WARPED_TIFF
 
     m = {k: reg.metrics[k] for k in ("overlap", "ncc", "mi", "ms_ssim") if k in reg.metrics}
     typer.echo(f"registered in {reg.timings.get('pipeline_total_s', 0.0):.1f} s on {reg.device}; "
@@ -79,7 +79,7 @@ def echo_warnings(reg) -> None:
 
 
 def _register_local(em: Path, lm: Path, out: Path, **kw):
-    from ..pipeline import register_files
+    from ..workflows.register import register_files
 
     with progress_bar() as report:
         return register_files(em, lm, out, progress=report, **kw)

@@ -33,7 +33,8 @@ def add_commands(app) -> None:
                 raise InputError(f"--search must be between 0 and 1 (got {search})")
             if not 0 <= rotations <= 45:
                 raise InputError(f"--rotations must be between 0 and 45 degrees (got {rotations})")
-            from ..preprocess import PREPARE_JSON, PREPARED_TIFF, prepare_files
+            from ..workflows.outputs import PREPARE_JSON, PREPARED_TIFF
+            from ..workflows.prepare import prepare_files
 
             typer.echo("matching the EM field of view in the LM ...", err=True)
             reg = prepare_files(em, lm, out, reg_channel=reg_channel, channels=parse_channels(channels),

@@ -44,7 +44,8 @@ from ..progress import CancelFn, Progress, ProgressFn
 from ..result import Registration
 from ..schema import PixelSize
 from . import DEFAULT_MODEL
-from .normalize import normalize_chromatin, percentile_normalize
+from ..intensity import percentile_normalise
+from .normalize import normalize_chromatin
 
 
 @dataclass(frozen=True)
@@ -72,11 +73,8 @@ class SearchParams:
 
 
 def _binned(img: np.ndarray, f: float) -> tuple[np.ndarray, np.ndarray]:
-    """``img`` resized by factor ``f`` (area) and the matrix mapping binned → original pixels."""
-    h, w = img.shape
-    shape = (max(8, int(round(h * f))), max(8, int(round(w * f))))
-    small = cv2.resize(img, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
-    return small, T.resize_matrix((h, w), shape)
+    """``img`` area-resized by factor ``f`` (at least 8 px a side) and the matrix binned → original pixels."""
+    return T.area_resize(img, T.scaled_shape(img.shape, f, min_side=8))
 
 
 def _match(fixed: np.ndarray, moving: np.ndarray, lin: np.ndarray):
@@ -264,7 +262,7 @@ def refine_nuclei(em: np.ndarray, chromatin: np.ndarray, init: np.ndarray, *, si
     contrast (|NCC| < ``NUCLEI_MIN_NCC``) or when the change would exceed ``NUCLEI_MAX_SHIFT``.
     """
     f = min(1.0, size / max(em.shape))
-    (ew, be), (cw, bc) = _binned(percentile_normalize(em), f), _binned(chromatin, f)
+    (ew, be), (cw, bc) = _binned(percentile_normalise(em, 1.0, 99.8, clip=False), f), _binned(chromatin, f)
     m0 = np.linalg.inv(bc) @ T.as_matrix(init) @ be
     (warped,), valid = T.warp_channels([cw], m0, ew.shape)
     inside = cv2.erode(valid.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
@@ -409,13 +407,7 @@ def _check(img, name: str) -> np.ndarray:
     return check_image(img, f"the {name} image").astype(np.float32, copy=False)
 
 
-# --- the DeepCLEM workflow on arrays and on files ---------------------------------------
-
-PREDICTED_TIFF = "predicted_chromatin.tif"
-WARPED_TIFF = "lm_warped.tif"
-OVERLAY_PNG = "overlay.png"
-TRANSFORM_JSON = "transform.json"
-
+# --- the DeepCLEM workflow on arrays ----------------------------------------------------
 
 def _stage(progress: Optional[ProgressFn], start: float, end: float) -> Optional[ProgressFn]:
     """Map a sub-task's progress fractions into ``[start, end]`` of the whole workflow."""
@@ -452,51 +444,3 @@ def chromatin_channel(n_channels: int, rgb: bool, channel: Optional[int], name: 
     if n_channels == 1:
         return 0
     raise InputError(f"{name} has {n_channels} channels; name the chromatin channel (--chromatin-channel)")
-
-
-def correlate_files(em_path, chromatin_path, out_dir, *, chromatin_channel_index: Optional[int] = None,
-                    channels: Optional[list[int]] = None, extra_channel_paths=None, model=DEFAULT_MODEL,
-                    params: SearchParams = SearchParams(), device="auto", progress: Optional[ProgressFn] = None,
-                    cancelled: Optional[CancelFn] = None) -> Registration:
-    """DeepCLEM on files; writes ``transform.json``, ``predicted_chromatin.tif``, ``lm_warped.tif``, ``overlay.png``.
-
-    ``channels`` index the chromatin file's channels followed by those of ``extra_channel_paths``
-    (None = all); they are warped onto the EM grid.  The overlay shows the chromatin in blue.
-    """
-    from ..io import write_tiff
-    from ..pipeline import load_lm_channels, output_dir, read_em
-    from ..quality import DEFAULT_COLOURS, save_overlay_png
-
-    t0 = time.perf_counter()
-    out = output_dir(out_dir)
-    em, em_img = read_em(em_path)
-    chans, lm_img = load_lm_channels(chromatin_path, extra_channel_paths)
-    ci = chromatin_channel(lm_img.data.shape[0], lm_img.rgb, chromatin_channel_index, lm_img.path.name)
-    chrom = check_image(chans[ci], f"chromatin channel {ci} of {lm_img.path.name}")
-    picked = list(range(len(chans))) if channels is None else [int(c) for c in channels]
-    bad = [c for c in picked if not 0 <= c < len(chans)]
-    if bad:
-        raise InputError(f"channel(s) {bad} do not exist; the chromatin image has {len(chans)} channel(s)")
-    reg, pred = correlate(em, chrom, model=model, params=params, em_pixel_size=em_img.pixel_size,
-                          chromatin_pixel_size=lm_img.pixel_size, device=device, progress=progress,
-                          cancelled=cancelled)
-    t1 = time.perf_counter()
-    reg.params.update(em_file=em_img.path.name, chromatin_file=lm_img.path.name, chromatin_channel=ci,
-                      channels=picked)
-    warped, valid = T.warp_channels([chans[i] for i in [ci] + [c for c in picked if c != ci]],
-                                    reg.fixed_to_moving, em.shape)
-    out.mkdir(parents=True, exist_ok=True)
-    write_tiff(out / PREDICTED_TIFF, pred.astype(np.float32), em_img.pixel_size)
-    by_index = dict(zip([ci] + [c for c in picked if c != ci], warped))
-    stack = [by_index[c] for c in picked]
-    if stack:
-        same = len({w.dtype for w in stack}) == 1
-        write_tiff(out / WARPED_TIFF, np.stack(stack if same else [w.astype(np.float32) for w in stack]),
-                   em_img.pixel_size)
-    others = [by_index[c] for c in picked if c != ci]
-    save_overlay_png(out / OVERLAY_PNG, em, [by_index[ci]] + others,
-                     colours=["blue"] + [DEFAULT_COLOURS[i % len(DEFAULT_COLOURS)] for i in range(len(others))],
-                     mask=valid)
-    reg.timings = {**reg.timings, "write_s": time.perf_counter() - t1, "total_s": time.perf_counter() - t0}
-    reg.save_json(out / TRANSFORM_JSON)
-    return reg

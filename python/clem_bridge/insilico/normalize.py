@@ -4,14 +4,7 @@ from __future__ import annotations
 import numpy as np
 from skimage import exposure
 
-
-def percentile_normalize(img: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.ndarray:
-    """Map the ``low``/``high`` percentiles of ``img`` to 0/1 (float32, not clipped)."""
-    a = np.asarray(img, dtype=np.float32)
-    lo, hi = np.percentile(a, [low, high])
-    if hi - lo < 1e-6:
-        hi = lo + max(float(a.max() - lo), 1e-6)
-    return ((a - lo) / (hi - lo)).astype(np.float32)
+from ..intensity import percentile_normalise
 
 
 EM_METHODS = ("equalize_hist", "clahe")
@@ -29,13 +22,13 @@ def normalize_em(em: np.ndarray, method: str = "equalize_hist") -> np.ndarray:
     if method == "equalize_hist":
         eq = exposure.equalize_hist(a)
     elif method == "clahe":
-        eq = exposure.equalize_adapthist(np.clip(percentile_normalize(a, 0.1, 99.9), 0, 1),
+        eq = exposure.equalize_adapthist(np.clip(percentile_normalise(a, 0.1, 99.9, clip=False), 0, 1),
                                          kernel_size=CLAHE_KERNEL, clip_limit=0.01)
     else:
         raise ValueError(f"unknown EM normalisation {method!r}; use one of {EM_METHODS}")
-    return percentile_normalize(eq, 1.0, 99.8)
+    return percentile_normalise(eq, 1.0, 99.8, clip=False)
 
 
 def normalize_chromatin(chrom: np.ndarray) -> np.ndarray:
     """Measured chromatin → training target / correlation input: percentile normalisation (float32)."""
-    return percentile_normalize(chrom, 1.0, 99.8)
+    return percentile_normalise(chrom, 1.0, 99.8, clip=False)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Optional
 
@@ -24,9 +25,9 @@ CARD = "model.yaml"
 
 
 def models_root() -> Path:
-    """``$CLEM_BRIDGE_MODELS`` if set, else the repository's ``models/`` folder."""
+    """``$CLEM_BRIDGE_MODELS`` if set, else the models shipped in the package (``clem_bridge.models``)."""
     env = os.environ.get("CLEM_BRIDGE_MODELS")
-    return Path(env) if env else Path(__file__).resolve().parents[3] / "models"
+    return Path(env) if env else Path(str(resources.files("clem_bridge.models")))
 
 
 def resolve_model(name) -> Path:

@@ -1,34 +1,25 @@
-"""Pre-processing of a CLEM pair: pixel-size ratio (PSR), field-of-view crop, grey padding.
+"""Pixel-size ratio (PSR) and field of view of the EM inside the LM by coarse-to-fine template matching.
 
-The LM image usually has a larger pixel size and field of view than the EM image.
-:func:`estimate_psr` finds the PSR (LM pixel size / EM pixel size), the position and a
-small rotation of the EM field of view inside the LM image by template matching (the
-EM binned by a candidate PSR and Gaussian-filtered is the template, the LM the source),
-coarse to fine over scale and angle.  :func:`prepare_pair` resamples the LM channels
-onto the (optionally binned) EM grid with a grey fill outside the LM field of view, and
-:func:`final_fixed_to_moving` composes a registration found on that grid into ONE matrix
-from full-resolution EM pixels to ORIGINAL LM pixels (convention of :mod:`.transforms`).
+The EM binned by a candidate PSR and Gaussian-filtered is the template, the LM the source; the
+search runs over scale and angle.  :func:`estimate_psr` returns a :class:`PSREstimate`.
 """
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Callable, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 import cv2
 import numpy as np
 
-from . import transforms as T
-from .errors import InputError
-from .io import check_image, convert_length, normalize_unit
-from .result import Registration
-from .schema import PixelSize
+from .. import transforms as T
+from ..errors import InputError
+from ..intensity import percentile_normalise
+from ..io import check_image, convert_length, normalize_unit
+from ..peaks import parabola_vertex, subpixel_peak
+from ..schema import PixelSize
 
 METHODS = {"ccoeff_normed": cv2.TM_CCOEFF_NORMED, "ccorr_normed": cv2.TM_CCORR_NORMED}
-PREPARED_TIFF = "lm_prepared.tif"
-PREPARE_JSON = "prepare.json"
 
 
 @dataclass
@@ -49,27 +40,6 @@ class PSREstimate:
     evaluations: int = 0
 
 
-@dataclass
-class Prepared:
-    """LM channels resampled onto the EM grid (full or binned to a working size).
-
-    ``prep_fixed_to_moving``: grid pixel → ORIGINAL LM pixel; ``grid_to_em``: grid pixel →
-    full-resolution EM pixel; ``mask``: True where the LM has data; ``fill``: grey value
-    used outside the LM field of view, per channel.
-    """
-    em: np.ndarray
-    channels: list[np.ndarray]
-    mask: np.ndarray
-    prep_fixed_to_moving: np.ndarray
-    grid_to_em: np.ndarray
-    em_shape: tuple[int, int]
-    lm_shape: tuple[int, int]
-    fill: list[float] = field(default_factory=list)
-    estimate: Optional[PSREstimate] = None
-
-
-# --- small helpers ---------------------------------------------------------------------
-
 def psr_from_pixel_sizes(em: Optional[PixelSize], lm: Optional[PixelSize]) -> Optional[float]:
     """PSR (LM pixel size / EM pixel size) from metadata, or None when either is missing."""
     if em is None or lm is None:
@@ -78,32 +48,6 @@ def psr_from_pixel_sizes(em: Optional[PixelSize], lm: Optional[PixelSize]) -> Op
     if eu is None or lu is None:
         raise InputError(f"unknown pixel size unit {em.unit!r} or {lm.unit!r}.")
     return float(convert_length(lm.x, lu, "um") / convert_length(em.x, eu, "um"))
-
-
-def _normalise(img: np.ndarray) -> np.ndarray:
-    """float32 copy scaled to 0–1 between the 0.5 and 99.5 percentiles."""
-    a = img.astype(np.float32, copy=False)
-    lo, hi = np.percentile(a[:: max(1, a.shape[0] // 512), :: max(1, a.shape[1] // 512)], [0.5, 99.5])
-    if hi <= lo:
-        lo, hi = float(a.min()), float(a.max())
-    return np.clip((a - lo) / max(hi - lo, 1e-12), 0, 1).astype(np.float32)
-
-
-def _cv(img: np.ndarray) -> np.ndarray:
-    """``img`` itself when OpenCV handles its dtype, else a float32 copy."""
-    return img if img.dtype in (np.uint8, np.uint16, np.float32) else img.astype(np.float32)
-
-
-def _resized(img: np.ndarray, shape) -> np.ndarray:
-    return cv2.resize(_cv(img), (int(shape[1]), int(shape[0])), interpolation=cv2.INTER_AREA)
-
-
-def _binned(img: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
-    """Area-binned image and the matrix mapping its pixels to ``img`` pixels."""
-    if factor <= 1:
-        return img, np.eye(3)
-    shape = (max(1, img.shape[0] // factor), max(1, img.shape[1] // factor))
-    return _resized(img, shape), T.resize_matrix(img.shape, shape)
 
 
 def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
@@ -115,31 +59,6 @@ def _gradient(img: np.ndarray) -> np.ndarray:
     gy = cv2.Sobel(img, cv2.CV_32F, 0, 1, ksize=3)
     return cv2.magnitude(gx, gy)
 
-
-def _subpixel(resp: np.ndarray, loc: tuple[int, int]) -> tuple[float, float, float]:
-    """Parabolic sub-pixel maximum near ``loc`` = (x, y) of ``resp``: (x, y, interpolated value)."""
-    x, y = loc
-    c = float(resp[y, x])
-    dx = dy = 0.0
-    val = c
-    if 0 < x < resp.shape[1] - 1:
-        l, r = float(resp[y, x - 1]), float(resp[y, x + 1])
-        dx = _parabola(l, c, r)
-        val += 0.25 * (r - l) * dx
-    if 0 < y < resp.shape[0] - 1:
-        u, b = float(resp[y - 1, x]), float(resp[y + 1, x])
-        dy = _parabola(u, c, b)
-        val += 0.25 * (b - u) * dy
-    return x + dx, y + dy, val
-
-
-def _parabola(fm: float, f0: float, fp: float) -> float:
-    """Offset (in steps, within ±0.5) of the vertex of a parabola through 3 equally spaced values."""
-    d = fm - 2 * f0 + fp
-    return float(np.clip(0.5 * (fm - fp) / d, -0.5, 0.5)) if d < 0 else 0.0
-
-
-# --- template matching -----------------------------------------------------------------
 
 def _masked_match(src: np.ndarray, valid: np.ndarray, tmpl: np.ndarray, method: str,
                   min_overlap: float = 0.5) -> np.ndarray:
@@ -180,7 +99,7 @@ class _Matcher:
 
     def __init__(self, em_base, base_to_em, em_shape, lm, level: int, *, method: str, edges: bool,
                  src_sigma: float, tmpl_sigma: float, lam: float, pad: float, exact: bool = False):
-        lm_level, self.level_to_lm = _binned(lm, level)
+        lm_level, self.level_to_lm = T.area_resize(lm, (max(1, lm.shape[0] // level), max(1, lm.shape[1] // level)))
         self.level = level
         self.em_base, self.base_to_em = em_base, base_to_em
         self.em_shape = em_shape
@@ -243,7 +162,7 @@ class _Matcher:
         resp = cv2.matchTemplate(win, tmpl, METHODS[self.method], mask=mask.astype(np.float32))
         resp = np.nan_to_num(resp, nan=-1.0, posinf=-1.0, neginf=-1.0)
         _, _, _, loc = cv2.minMaxLoc(resp)
-        sx, sy, peak = _subpixel(resp, loc)
+        sx, sy, peak = subpixel_peak(resp, loc)
         shift = np.array([[1, 0, sx - r], [0, 1, sy - r], [0, 0, 1.0]])
         return peak, self.level_to_lm @ shift @ to_level
 
@@ -278,7 +197,7 @@ class _Matcher:
         self.evaluations += 1
         resp = np.nan_to_num(resp, nan=-1.0, posinf=-1.0, neginf=-1.0)
         _, peak, _, loc = cv2.minMaxLoc(resp)
-        sx, sy, peak = _subpixel(resp, loc)
+        sx, sy, peak = subpixel_peak(resp, loc)
         r = max(2, min(th, tw) // 4)
         rest = resp.copy()
         rest[max(0, loc[1] - r):loc[1] + r + 1, max(0, loc[0] - r):loc[0] + r + 1] = -np.inf
@@ -348,8 +267,8 @@ def estimate_psr(em, lm, *, psr_hint: Optional[float] = None, search: float = 0.
 
     # the EM binned once to ~2x the finest template sampling (it may be huge), then normalised
     base_factor = max(1, int(math.floor(lo * level_for(hi, fine_template) / 2)))
-    em_base, base_to_em = _binned(em, base_factor)
-    em_base, lm_n = _normalise(em_base), _normalise(lm)
+    em_base, base_to_em = T.area_resize(em, (max(1, em.shape[0] // base_factor), max(1, em.shape[1] // base_factor)))
+    em_base, lm_n = (percentile_normalise(a, 0.5, 99.5, max_samples=512 * 512) for a in (em_base, lm))
 
     def matcher(level: int, fine: bool) -> _Matcher:
         if (level, fine) not in matchers:
@@ -442,148 +361,12 @@ def _refine(m: _Matcher, s: float, a: float, mat, *, s_step: float, a_step: floa
     if ds_ > 0:
         fm_, fp_ = ev(s * math.exp(-ds_), a)[0], ev(s * math.exp(ds_), a)[0]
         if np.isfinite(fm_) and np.isfinite(fp_):
-            s = s * math.exp(_parabola(fm_, cur[0], fp_) * ds_)
+            s = s * math.exp(parabola_vertex(fm_, cur[0], fp_) * ds_)
     if da_ > 0:
         fm_, fp_ = ev(s, a - da_)[0], ev(s, a + da_)[0]
         if np.isfinite(fm_) and np.isfinite(fp_):
-            a = a + _parabola(fm_, cur[0], fp_) * da_
+            a = a + parabola_vertex(fm_, cur[0], fp_) * da_
     final = m.match(s, a, around=mat, margin=margin, sign=sign)
     if final[2] is None:
         final = cur
     return final[0], final[1], s, a, final[2]
-
-
-# --- preparing a pair ------------------------------------------------------------------
-
-def _as_channels(lm_channels) -> list[np.ndarray]:
-    if isinstance(lm_channels, np.ndarray):
-        chans = [lm_channels] if lm_channels.ndim == 2 else list(lm_channels) if lm_channels.ndim == 3 else []
-    else:
-        chans = [np.asarray(c) for c in lm_channels]
-    if not chans or any(c.ndim != 2 or c.shape != chans[0].shape for c in chans):
-        raise InputError("the LM channels must be 2-D images of one size (a (C, H, W) stack or a list).")
-    return chans
-
-
-def grey_fill(channel: np.ndarray) -> float:
-    """Grey value for LM areas outside the field of view: the median, or mid-range if that is black."""
-    a = channel[:: max(1, channel.shape[0] // 512), :: max(1, channel.shape[1] // 512)].astype(np.float64)
-    med, lo, hi = float(np.median(a)), float(a.min()), float(a.max())
-    return med if med > lo else 0.5 * (lo + hi)
-
-
-def working_shape(shape, work_size: Optional[int]) -> tuple[int, int]:
-    """``shape`` scaled so its long side is at most ``work_size`` (unchanged when None or smaller)."""
-    h, w = int(shape[0]), int(shape[1])
-    if not work_size or max(h, w) <= work_size:
-        return h, w
-    f = work_size / max(h, w)
-    return max(1, int(round(h * f))), max(1, int(round(w * f)))
-
-
-def prepare_pair(em, lm_channels, *, psr: Optional[float] = None, em_pixel_size: Optional[PixelSize] = None,
-                 lm_pixel_size: Optional[PixelSize] = None, reg_channel: int = 0, search: float = 0.1,
-                 rotations: float = 8.0, work_size: Optional[int] = None, **match_options) -> Prepared:
-    """Crop the EM field of view out of the LM and resample the LM channels onto the EM grid.
-
-    The PSR is ``psr`` when given (then trusted, only position and rotation are searched),
-    else the metadata ratio of ``lm_pixel_size``/``em_pixel_size`` refined within
-    ``± search``, else searched over a wide range.  ``work_size`` bins the output grid
-    to that long side (registration of very large images); ``reg_channel`` is the LM
-    channel used for matching.  Areas outside the LM field of view get a grey value
-    (:func:`grey_fill`, never black) and are False in ``mask``.
-    """
-    em = check_image(em, "the EM image")
-    chans = _as_channels(lm_channels)
-    if not 0 <= reg_channel < len(chans):
-        raise InputError(f"reg_channel {reg_channel} does not exist (the LM has {len(chans)} channel(s)).")
-    hint = psr if psr is not None else psr_from_pixel_sizes(em_pixel_size, lm_pixel_size)
-    est = estimate_psr(em, chans[reg_channel], psr_hint=hint, search=0.0 if psr is not None else search,
-                       rotations=rotations, **match_options)
-    grid = working_shape(em.shape, work_size)
-    grid_to_em = T.resize_matrix(em.shape, grid)
-    em_grid = em if grid == em.shape else _resized(em, grid)
-    prep = est.fixed_to_moving @ grid_to_em
-    fills = [grey_fill(c) for c in chans]
-    warped = [T.warp_image(c.astype(np.float32, copy=False), prep, grid, fill=f) for c, f in zip(chans, fills)]
-    return Prepared(em=em_grid, channels=warped, mask=T.valid_mask(prep, grid, chans[0].shape),
-                    prep_fixed_to_moving=prep, grid_to_em=grid_to_em, em_shape=tuple(em.shape),
-                    lm_shape=tuple(chans[0].shape), fill=fills, estimate=est)
-
-
-def final_fixed_to_moving(prepared: Prepared, registration_fixed_to_moving) -> np.ndarray:
-    """ONE matrix: full-resolution EM pixel → ORIGINAL LM pixel.
-
-    ``registration_fixed_to_moving`` maps prepared-grid pixels (the EM at ``prepared.em``)
-    to prepared-LM pixels, as returned by registering ``prepared.em`` against a prepared
-    channel.
-    """
-    return T.compose(prepared.prep_fixed_to_moving, registration_fixed_to_moving,
-                     np.linalg.inv(prepared.grid_to_em))
-
-
-def register_prepared(em, moving, register: Callable, *, psr: Optional[float] = None,
-                      em_pixel_size: Optional[PixelSize] = None, lm_pixel_size: Optional[PixelSize] = None,
-                      work_size: Optional[int] = 1024, **match_options) -> Registration:
-    """Prepare the pair, register on the prepared grid, return ONE matrix full EM px → original LM px.
-
-    ``register(fixed, moving, init=...)`` is the registration function (e.g. ``register_mine``
-    with its options bound); it runs on the EM binned to ``work_size`` against the prepared LM,
-    starting from the identity.  The result carries the full EM and original LM shapes and the
-    pre-processing parameters under ``params['prepare']``.
-    """
-    t0 = time.perf_counter()
-    prep = prepare_pair(em, [moving], psr=psr, em_pixel_size=em_pixel_size, lm_pixel_size=lm_pixel_size,
-                        work_size=work_size, **match_options)
-    t1 = time.perf_counter()
-    reg = register(prep.em, prep.channels[0], init=np.eye(3))
-    est = prep.estimate
-    info = {"psr": est.psr, "psr_given": psr is not None, "rotation_deg": est.rotation_deg, "match_score": est.score,
-            "match_sharpness": est.sharpness, "work_shape": list(prep.em.shape),
-            "prep_fixed_to_moving": prep.prep_fixed_to_moving.tolist(),
-            "registration_on_prepared_grid": np.asarray(reg.fixed_to_moving).tolist()}
-    return replace(reg, fixed_to_moving=final_fixed_to_moving(prep, reg.fixed_to_moving),
-                   fixed_shape=tuple(prep.em_shape), moving_shape=tuple(prep.lm_shape),
-                   params={**reg.params, "prepare": info}, timings={**reg.timings, "prepare_s": t1 - t0})
-
-
-def prepare_files(em_path, lm_path, out_dir, *, reg_channel: int = 0, channels: Optional[list[int]] = None,
-                  extra_channel_paths=None, psr: Optional[float] = None, search: float = 0.1,
-                  rotations: float = 8.0) -> Registration:
-    """``clem-bridge prepare``: match the EM in the LM file, returns the prep :class:`Registration`.
-
-    Writes ``lm_prepared.tif`` (LM channels on the full EM grid, grey outside the LM field of
-    view, calibrated with the EM pixel size; warped in strips) and ``prepare.json`` (a
-    transform.json whose ``fixed_to_moving`` maps EM pixels to ORIGINAL LM pixels).
-    """
-    from .io import read_image, select_channel
-    from .pipeline import _pick, load_lm_channels
-    from .tiled import warp_to_tiff
-
-    t0 = time.perf_counter()
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"output path {out} exists and is not a folder")
-    em_img = read_image(em_path)
-    em = check_image(select_channel(em_img), f"EM image {em_img.path.name}")
-    chans, lm_img = load_lm_channels(lm_path, extra_channel_paths)
-    picked = _pick(len(chans), reg_channel, channels)
-    hint = psr if psr is not None else psr_from_pixel_sizes(em_img.pixel_size, lm_img.pixel_size)
-    est = estimate_psr(em, chans[reg_channel], psr_hint=hint, search=0.0 if psr is not None else search,
-                       rotations=rotations)
-    t1 = time.perf_counter()
-    selected = [chans[i] for i in picked]
-    warp_to_tiff(out / PREPARED_TIFF, selected, est.fixed_to_moving, em.shape, pixel_size=em_img.pixel_size,
-                 fill=[grey_fill(c) for c in selected])
-    t2 = time.perf_counter()
-    reg = Registration(fixed_to_moving=est.fixed_to_moving, fixed_shape=tuple(em.shape),
-                       moving_shape=tuple(chans[0].shape), method="prepare-template-matching",
-                       params={"psr": est.psr, "psr_hint": hint, "psr_given": psr is not None,
-                               "rotation_deg": est.rotation_deg, "lm_center_of_em": list(est.center),
-                               "reg_channel": reg_channel, "channels": picked, "em_file": str(em_img.path),
-                               "lm_file": str(lm_img.path)},
-                       metrics={"match_score": est.score, "match_sharpness": est.sharpness},
-                       timings={"estimate_s": t1 - t0, "warp_write_s": t2 - t1},
-                       fixed_pixel_size=em_img.pixel_size, moving_pixel_size=lm_img.pixel_size)
-    reg.save_json(out / PREPARE_JSON)
-    return reg

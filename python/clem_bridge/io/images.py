@@ -18,8 +18,8 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from .errors import InputError
-from .schema import PixelSize
+from ..errors import InputError
+from ..schema import PixelSize
 
 MAX_PIXELS = 2 ** 31
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")

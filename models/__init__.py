@@ -1,0 +1,1 @@
+"""Trained models shipped with clem-bridge (one folder each: weights + model card); see README.md here."""
