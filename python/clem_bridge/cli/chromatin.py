@@ -9,7 +9,7 @@ import typer
 
 from ..errors import InputError
 from ..insilico import DEFAULT_MODEL
-from .core import echo_warnings, parse_channels, progress_bar, user_errors
+from .core import parse_channels, progress_bar, report_outcome, user_errors
 
 
 def add_commands(app) -> None:
@@ -122,6 +122,6 @@ def add_commands(app) -> None:
                                           device=device, progress=report)
             typer.echo(f"correlated in {reg.timings['total_s']:.1f} s; NCC {reg.metrics['ncc']:.3f}, "
                        f"overlap {reg.metrics['overlap']:.2f}")
-            echo_warnings(reg)
             for name in (TRANSFORM_JSON, WARPED_TIFF, OVERLAY_PNG, PREDICTED_TIFF):
                 typer.echo(f"  {out / name}")
+            report_outcome(reg)

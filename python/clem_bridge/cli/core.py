@@ -69,13 +69,23 @@ def _summary(reg, out: Path) -> None:
                + ", ".join(f"{k} {v:.3f}" for k, v in m.items()))
     for name in (TRANSFORM_JSON, WARPED_TIFF, OVERLAY_PNG, MI_CURVE_PNG):
         typer.echo(f"  {out / name}")
-    echo_warnings(reg)
+    report_outcome(reg)
 
 
-def echo_warnings(reg) -> None:
-    """The result's warnings on stderr, one line each."""
+EXIT_FAILED = 3   # the registration ran and wrote its files, but its result is judged wrong (status "failed")
+
+
+def report_outcome(reg) -> None:
+    """The result's warnings and status on stderr; exit code 3 when the status is ``failed``.
+
+    Files are written either way, so a user can inspect what went wrong."""
     for warning in reg.warnings:
         typer.echo(f"warning: {warning}", err=True)
+    status = reg.outcome
+    if status != "ok":
+        typer.echo(f"status: {status}" + (" (see the warnings above)" if reg.warnings else ""), err=True)
+    if status == "failed":
+        raise typer.Exit(EXIT_FAILED)
 
 
 def _register_local(em: Path, lm: Path, out: Path, **kw):
@@ -144,6 +154,6 @@ def add_commands(app) -> None:
             truth = pair.fixed_to_moving
             typer.echo(f"phantom pair: {em_path} (EM), {lm_path} (LM: reflected, chromatin, fluorescence)")
             reg = _register_local(em_path, lm_path, out, reg_channel=0, preset=preset, seed=seed, device=device)
-            _summary(reg, out)
             err = T.tre(reg.fixed_to_moving, truth, reg.fixed_shape)
             typer.echo(f"TRE vs the known affine: {err:.3f} LM px (mean over the EM grid)")
+            _summary(reg, out)
