@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs everything the tests need (Python packages, Java + ImageJ 1 + Jython + Groovy) and runs them.
+# Installs everything the tests need (Python packages at the tested versions of constraints.txt, Java + ImageJ 1 +
+# Jython + Groovy) and runs them.  scripts/test-latest.sh does the same with the newest releases instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v java >/dev/null || [ ! -f /usr/share/java/ij.jar ] || [ ! -f /usr/share/java/jython.jar ] || ! command -v groovy >/dev/null; then
@@ -9,6 +10,6 @@ if ! command -v java >/dev/null || [ ! -f /usr/share/java/ij.jar ] || [ ! -f /us
     echo "warning: apt-get not available; JVM tests will be skipped" >&2
   fi
 fi
-python3 -m pip install -q torch==2.13.0
-python3 -m pip install -q -e ".[test,bench]"
+python3 -m pip install -q torch==2.13.0             # the local CPU build (an unpinned torch pulls CUDA wheels)
+python3 -m pip install -q ${CLEM_BRIDGE_CONSTRAINTS--c constraints.txt} -e ".[test,bench]"
 exec python3 -m pytest "$@"
