@@ -72,3 +72,15 @@ def test_refuses_what_is_not_fiji(tmp_path, make):
 def test_uninstall_without_install(tmp_path):
     r = cli("install-fiji", fake_fiji(tmp_path), "--uninstall")
     assert r.returncode == 2 and "not installed" in r.stderr
+
+
+def test_install_records_the_server_command_for_fiji(tmp_path):
+    """The Fiji scripts start ``clem-bridge serve`` themselves from the command recorded at install time."""
+    import subprocess
+    app = fake_fiji(tmp_path)
+    assert cli("install-fiji", app).returncode == 0
+    lines = (app / fiji_install.SERVER_CONFIG).read_text(encoding="utf-8").splitlines()
+    command = [w for w in lines if w and not w.startswith("#")]
+    assert Path(command[0]).is_absolute() and Path(command[0]).is_file()
+    r = subprocess.run(command + ["serve", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "--port" in r.stdout

@@ -68,3 +68,5 @@ def test_installed_wheel_predicts_and_installs_fiji(wheel_venv):
     installed = app / "scripts" / "Plugins" / "CLEM" / "Register_EM-LM.py"
     assert installed.read_bytes() == (REPO / "fiji_scripts" / "scripts" / "Plugins" / "CLEM" /
                                       "Register_EM-LM.py").read_bytes()
+    recorded = (app / "jars" / "Lib" / "clem_bridge_server.txt").read_text().splitlines()
+    assert str(venv / "bin" / "clem-bridge") in recorded      # Fiji starts the server of this install

@@ -4,12 +4,14 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 from importlib import resources
 from pathlib import Path
 
 from .errors import InputError
 
 MANIFEST = ".clem-bridge-installed.json"
+SERVER_CONFIG = Path("jars") / "Lib" / "clem_bridge_server.txt"   # read by clem_bridge_http.py (Fiji scripts)
 MENU = "Plugins > CLEM"
 _LAUNCHERS = ("ImageJ-*", "fiji-*", "Fiji", "ImageJ", "Contents")
 
@@ -42,6 +44,21 @@ def _compiled(app: Path, rel: Path) -> Path:
     return app / rel.parent / (rel.stem + "$py.class")
 
 
+def server_command() -> list[str]:
+    """How Fiji starts ``clem-bridge serve``: this environment's ``clem-bridge`` executable, else
+    ``python -m clem_bridge`` with this interpreter (absolute paths, so Fiji needs no PATH)."""
+    exe = Path(sys.executable).parent / ("clem-bridge.exe" if sys.platform == "win32" else "clem-bridge")
+    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "clem_bridge"]
+
+
+def _write_server_config(app: Path) -> Path:
+    """``clem_bridge_server.txt``: one word of the command per line (see ``clem_bridge_http.py``)."""
+    path = app / SERVER_CONFIG
+    path.write_text("# written by clem-bridge install-fiji: the command that starts 'clem-bridge serve'\n"
+                    + "".join(w + "\n" for w in server_command()), encoding="utf-8")
+    return SERVER_CONFIG
+
+
 def _checked(app) -> Path:
     app = Path(app).expanduser()
     if not app.is_dir():
@@ -67,6 +84,7 @@ def install(app) -> list[Path]:
         shutil.copyfile(src / rel, dst)
         _compiled(app, rel).unlink(missing_ok=True)
         installed.append(rel)
+    installed.append(_write_server_config(app))
     old = set(manifest.get("files", [])) - {str(r) for r in installed}
     _remove(app, [Path(p) for p in old], set())
     (app / MANIFEST).write_text(json.dumps({
