@@ -1,16 +1,16 @@
-"""clem_bridge.client against a real server: end-to-end registration, artifacts, apply, errors."""
+"""clem_bridge.client (and the CLI's --server) against a real server process: end-to-end registration,
+artifacts, apply, errors."""
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tifffile
+from typer.testing import CliRunner
 
 from clem_bridge import transforms as T
+from clem_bridge.cli import app as cli_app
 from clem_bridge.client import Client
 from clem_bridge.errors import ServerError, ServerUnreachable
 from clem_bridge.io import read_image
@@ -83,10 +83,8 @@ def test_dead_server_is_a_clear_connection_error():
     assert f"no clem-bridge server answers at http://127.0.0.1:{port}" in str(e.value)
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    code = "import sys; from clem_bridge.cli import main; sys.argv[0] = 'clem-bridge'; main()"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+def _cli(*args: str):
+    return CliRunner().invoke(cli_app, list(args))
 
 
 def test_cli_register_through_the_server(url, tmp_path):
@@ -94,7 +92,7 @@ def test_cli_register_through_the_server(url, tmp_path):
     em, lm = save_pair(pair, tmp_path / "in")
     p = _cli("register", str(em), str(lm), "-o", str(tmp_path / "out"), "--server", url, "--token", "tok",
              "--seed", "2")
-    assert p.returncode == 0, p.stderr
+    assert p.exit_code == 0, p.output
     written = {f.name for f in (tmp_path / "out").iterdir()}
     assert {"transform.json", "lm_warped.tif", "overlay.png", "mi_curve.png"} <= written
     reg = load_transform_json(tmp_path / "out" / "transform.json")
@@ -109,6 +107,6 @@ def test_cli_register_with_dead_server_is_one_line(tmp_path):
     pair = make_pair(shape=(64, 64), seed=2)
     em, lm = save_pair(pair, tmp_path / "in")
     p = _cli("register", str(em), str(lm), "-o", str(tmp_path / "out"), "--server", f"http://127.0.0.1:{port}")
-    assert p.returncode == 1
+    assert p.exit_code == 1
     assert p.stderr.strip().splitlines() == [f"error: no clem-bridge server answers at http://127.0.0.1:{port} "
                                              "(ConnectError); start one with 'clem-bridge serve' or check the URL"]

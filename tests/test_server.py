@@ -224,9 +224,10 @@ def test_serve_refuses_unsafe_settings_and_a_used_data_dir(tmp_path):
 # --- the real server process -------------------------------------------------------------------
 
 def test_real_server_answers_limits_host_and_cors(tmp_path):
-    with running_server(tmp_path / "data", "--max-upload-mb", "2") as url:
+    with running_server(tmp_path / "data", "--max-upload-mb", "2", "--threads", "1") as url:
         h = httpx.get(url + "/v1/health").json()
         assert h["status"] == "ok" and h["worker"] == "alive"
+        assert "CPU threads: 1," in next(tmp_path.glob("*.log")).read_text()      # set once at start-up
         r = httpx.get(url + "/v1/health", headers={"Origin": "http://evil.example"})
         assert "access-control-allow-origin" not in r.headers       # CORS is off
         r = httpx.get(url + "/v1/jobs", headers={"Host": "evil.example:" + url.rsplit(":", 1)[1]})

@@ -276,8 +276,8 @@ class JobManager:
             self.store.discard_work(job.id)
         with self._lock:
             job.status, job.error, job.result, job.finished = status, error, result, _now()
-            job.result_status = result.get("status") if isinstance(result, dict) and \
-                result.get("status") in STATUSES else None
+            outcome = result.get("status") if isinstance(result, dict) else None
+            job.result_status = outcome if outcome in STATUSES else None
             job.timings["run_s"] = run_s
             if status == JobState.done:
                 job.progress = 1.0

@@ -41,7 +41,7 @@ def serve(settings: Settings, announce: Callable[[str], None] = print, log_level
     app = create_app(settings, extra_job_types)
     sock = bind(settings.host, settings.port)
     announce(f"clem-bridge server on {url_of(sock)} (device: {app.state.device_label}, "
-             f"{torch.get_num_threads()} CPU threads, data: {settings.data_dir})")
+             f"CPU threads: {torch.get_num_threads()}, data: {settings.data_dir})")
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5)
     try:
         uvicorn.Server(config).run(sockets=[sock])
