@@ -4,7 +4,10 @@
 ``#@`` lines (clem_bridge.fiji), binds the values of Fiji's ``key=value,...`` argument string (or
 the ``value=`` defaults), blanks the ``#@`` lines and runs the unchanged rest with Jython or Groovy
 (``tests/fiji_runners``) on ImageJ 1 — with ``imagej.dir`` = the (fake) Fiji.app, so the shared
-library is imported from ``<app>/jars/Lib`` as in Fiji.
+library is imported from ``<app>/jars/Lib`` as in Fiji.  The JVM's command line ends like Fiji's
+headless one (``--headless --run <script> <args>``), so the scripts use exit codes; ``host=True``
+leaves that out, as when a host (PyImageJ, a running Fiji) runs the script: the runner then prints
+``HOST_STILL_RUNNING`` after the script, which only happens if the script did not end the JVM.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from pathlib import Path
 from clem_bridge import fiji, fiji_install
 
 JARS = {k: Path(v) for k, v in fiji.JARS.items()}
+CLASSPATH = f"{JARS['jython']}:{JARS['groovy']}:{JARS['ij']}"  # Fiji has all three; Jython uses Groovy's warp
 RUNNERS = Path(__file__).parent / "fiji_runners"
 
 
@@ -40,9 +44,11 @@ def make_fiji_app(root: Path) -> Path:
     return app
 
 
-def run_script(app: Path, name: str, args: str = "", *, timeout: float = 600,
-               cwd: Path | None = None) -> subprocess.CompletedProcess:
-    script = app / "scripts" / "Plugins" / "CLEM" / name
+def run_script(app: Path, name: str | Path, args: str = "", *, timeout: float = 600, cwd: Path | None = None,
+               host: bool = False, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a menu command of ``app`` by file name (or any script by path) headless under a real JVM."""
+    script = name if isinstance(name, Path) else app / "scripts" / "Plugins" / "CLEM" / name
+    name = script.name
     text = script.read_text()
     bound = fiji.bind_inputs(fiji.script_parameters(text), fiji.parse_run_args(args))
     work = Path(cwd or app.parent) / f".run-{os.getpid()}-{name}"
@@ -50,19 +56,18 @@ def run_script(app: Path, name: str, args: str = "", *, timeout: float = 600,
     (work / "bindings.json").write_text(json.dumps({k: [t, v] for k, (t, v) in bound.items()}))
     (work / name).write_text(fiji.strip_parameters(text))
     if name.endswith(".py"):
-        cmd = ["java", "-cp", f"{JARS['jython']}:{JARS['ij']}", "org.python.util.jython",
-               str(RUNNERS / "run_jython.py")]
+        cmd = ["java", "-cp", CLASSPATH, "org.python.util.jython", str(RUNNERS / "run_jython.py")]
     else:
-        cmd = ["java", "-cp", f"{JARS['groovy']}:{JARS['ij']}", "groovy.ui.GroovyMain",
-               str(RUNNERS / "run_groovy.groovy")]
+        cmd = ["java", "-cp", CLASSPATH, "groovy.ui.GroovyMain", str(RUNNERS / "run_groovy.groovy")]
     cmd[1:1] = ["-Djava.awt.headless=true", f"-Dimagej.dir={app}", "-Xss8m"]
-    return subprocess.run(cmd + [str(work / "bindings.json"), str(work / name)], capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd += [str(work / "bindings.json")] + ([] if host else ["--headless", "--run"]) + [str(work / name), args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
 
 def run_jython(app: Path, code: str, *, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run Jython ``code`` with ImageJ 1 and ``<app>/jars/Lib`` importable (library-level tests)."""
     prelude = f"import sys\nsys.path.insert(0, {str(app / 'jars' / 'Lib')!r})\n"
-    return subprocess.run(["java", "-Djava.awt.headless=true", "-cp", f"{JARS['jython']}:{JARS['ij']}",
+    return subprocess.run(["java", "-Djava.awt.headless=true", "-cp", CLASSPATH,
                            "org.python.util.jython", "-c", prelude + code], capture_output=True, text=True,
                           timeout=timeout)

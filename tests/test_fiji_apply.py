@@ -94,7 +94,8 @@ def test_jython_library_reads_python_files_writes_equal_files_and_warps(case):
     root, files = case["root"], case["files"]
     code = f"""
 import json
-import clem_bridge_fiji as clem
+import clem_bridge_transforms as clem
+from clem_bridge_images import save_tiff
 from ij import IJ
 em, lm = IJ.openImage({str(root / 'em.tif')!r}), IJ.openImage({str(root / 'lm.tif')!r})
 fc, mc = em.getCalibration(), lm.getCalibration()
@@ -102,8 +103,8 @@ files = json.loads({json.dumps(files)!r})
 read = dict((k, clem.read_transform(p, fc, mc)) for k, p in files.items())
 f2m = read["json"]
 clem.write_transform_files({str(root / 'jy')!r}, f2m, em, lm, "lm.tif")
-clem.save_tiff(clem.warp_image(lm, f2m, em), {str(root / 'jy_warped.tif')!r})
-clem.save_tiff(clem.warp_image(IJ.openImage({str(root / 'rgb.tif')!r}), f2m, em), {str(root / 'jy_rgb.tif')!r})
+save_tiff(clem.warp_image(lm, f2m, em), {str(root / 'jy_warped.tif')!r})
+save_tiff(clem.warp_image(IJ.openImage({str(root / 'rgb.tif')!r}), f2m, em), {str(root / 'jy_rgb.tif')!r})
 print(json.dumps(read))
 """
     r = run_jython(case["app"], code)
@@ -141,3 +142,129 @@ def test_batch_bad_patterns_fail_before_contacting_a_server(case, args, message)
                    f'in_dir="{case["root"]}",{args},out_dir="{case["root"] / "batch"}",server_url="http://127.0.0.1:9"')
     assert r.returncode == 2 and r.stderr.startswith("error: " + message.split(" in")[0]), r.stderr
     assert message in r.stderr and "Exception" not in r.stderr
+
+
+@pytest.fixture(scope="module")
+def mirrored(case):
+    """The case's affine composed with a left-right mirror of the EM (det < 0), a float32 LM channel and all
+    transform files of it written by clem_bridge.export."""
+    root = case["root"] / "mirrored"
+    h, w = case["em"].shape
+    flip = np.array([[-1.0, 0, w - 1], [0, 1, 0], [0, 0, 1]])
+    f2m = case["reg"].fixed_to_moving @ flip
+    assert np.linalg.det(f2m[:2, :2]) < 0
+    reg = Registration(fixed_to_moving=f2m, fixed_shape=(h, w), moving_shape=case["lm"].shape[1:], method="truth",
+                       fixed_pixel_size=case["reg"].fixed_pixel_size, moving_pixel_size=case["reg"].moving_pixel_size)
+    files = {k: str(v) for k, v in export.write_all(reg, root, moving_file="lm.tif").items()}
+    files["json"] = str(reg.save_json(root / "transform.json"))
+    lm = case["lm"][1].astype(np.float32) / 7.0
+    io.write_tiff(root / "lm_float.tif", lm, pixel_size=case["reg"].moving_pixel_size)
+    return {"root": root, "f2m": f2m, "files": files, "lm": lm}
+
+
+def assert_exact_float_warp(path, lm, f2m, em_shape):
+    """Same values as transforms.warp_image to float32 precision inside the valid region, 0 outside."""
+    got = tifffile.imread(path)
+    mask = transforms.valid_mask(f2m, em_shape, lm.shape)
+    ref = transforms.warp_image(lm, f2m, em_shape)
+    assert 0.3 < mask.mean() < 1.0
+    np.testing.assert_allclose(got[mask], ref[mask], rtol=0, atol=1e-5 * float(lm.max()))
+    assert np.all(got[~mask] == 0)
+
+
+def test_mirrored_transform_through_groovy_apply(case, mirrored):
+    out = mirrored["root"] / "groovy.tif"
+    r = run_script(case["app"], "Apply_CLEM_Transform.groovy",
+                   f'image_file="{mirrored["root"] / "lm_float.tif"}",target_file="{case["root"] / "em.tif"}",'
+                   f'transform_file="{mirrored["files"]["mpicbg_xml"]}",out_file="{out}"')
+    assert r.returncode == 0, r.stderr
+    assert_exact_float_warp(out, mirrored["lm"], mirrored["f2m"], case["em"].shape)
+
+
+def test_mirrored_transform_through_jython(case, mirrored):
+    """Every transform file of a mirrored registration reads back as its matrix in Jython, and the Jython
+    warp (the compiled helper) gives Python's values: float32 exactly, 16-bit within rounding."""
+    root = mirrored["root"]
+    code = f"""
+import json
+import clem_bridge_transforms as clem
+from clem_bridge_images import save_tiff
+from ij import IJ
+em, lm = IJ.openImage({str(case['root'] / 'em.tif')!r}), IJ.openImage({str(root / 'lm_float.tif')!r})
+lm16 = IJ.openImage({str(case['root'] / 'lm.tif')!r})
+files = json.loads({json.dumps(mirrored['files'])!r})
+read = dict((k, clem.read_transform(p, em.getCalibration(), lm16.getCalibration())) for k, p in files.items())
+save_tiff(clem.warp_image(lm, read["json"], em), {str(root / 'jy.tif')!r})
+save_tiff(clem.warp_image(lm16, read["json"], em), {str(root / 'jy16.tif')!r})
+print(json.dumps(read))
+"""
+    r = run_jython(case["app"], code)
+    assert r.returncode == 0, r.stderr
+    for k, m in json.loads(r.stdout.strip().splitlines()[-1]).items():
+        np.testing.assert_allclose(m, mirrored["f2m"], atol=1e-9, err_msg=k)
+    assert_exact_float_warp(root / "jy.tif", mirrored["lm"], mirrored["f2m"], case["em"].shape)
+    got, mask = tifffile.imread(root / "jy16.tif"), transforms.valid_mask(mirrored["f2m"], case["em"].shape,
+                                                                          case["lm"].shape[1:])
+    for c in range(2):
+        diff = np.abs(got[c].astype(int) - transforms.warp_image(case["lm"][c], mirrored["f2m"],
+                                                                 case["em"].shape).astype(int))[mask]
+        # float32 sums near x.5 round either way (numpy rint vs ImageJ's +0.5f): off by one at most, rarely
+        assert diff.max() <= 1 and (diff == 0).mean() > 0.99
+
+
+def test_chromatin_channel_defaults_like_the_cli(case):
+    """DeepCLEM's chromatin channel: blue of an RGB image unless given, the only channel, else a clear error."""
+    code = f"""
+import clem_bridge_images as images
+from clem_bridge_host import ClemError
+from ij import IJ
+rgb, lm, em = (IJ.openImage({str(case['root'])!r} + "/" + n) for n in ('rgb.tif', 'lm.tif', 'em.tif'))
+blue = images.select_channels(rgb, [images.chromatin_channel(rgb, -1)]).getProcessor()
+print("rgb %d %d %d" % (images.chromatin_channel(rgb, -1), blue.getPixel(5, 5), images.chromatin_channel(rgb, 0)))
+print("single %d %d" % (images.chromatin_channel(em, -1), images.chromatin_channel(lm, 1)))
+try:
+    images.chromatin_channel(lm, -1)
+except ClemError as e:
+    print("error " + str(e))
+"""
+    r = run_jython(case["app"], code)
+    assert r.returncode == 0, r.stderr
+    assert f"rgb 2 {case['rgb'][2, 5, 5]} 0" in r.stdout  # blue is the constant 77 plane
+    assert "single 0 1" in r.stdout
+    assert "error lm.tif has 2 channels; set the chromatin channel (0-based)" in r.stdout
+
+
+def test_scripts_end_the_jvm_only_on_the_headless_command_line(case):
+    """The same failing commands: exit code 2 when the JVM was started to run them (``--headless --run``);
+    inside a host (PyImageJ, a running Fiji) an ``error:`` line and the host keeps running."""
+    bad = f'image_file="{case["root"] / "lm.tif"}",target_file="{case["root"] / "em.tif"}",' \
+          f'transform_file="{case["root"] / "missing.json"}",out_file="{case["root"] / "x.tif"}"'
+    register = f'em_file="{case["root"] / "missing.tif"}",lm_file="{case["root"] / "lm.tif"}",' \
+               f'out_dir="{case["root"] / "x"}"'
+    for script, args in (("Apply_CLEM_Transform.groovy", bad), ("Register_EM-LM.py", register)):
+        cli = run_script(case["app"], script, args)
+        assert cli.returncode == 2 and "HOST_STILL_RUNNING" not in cli.stdout, script
+        hosted = run_script(case["app"], script, args, host=True)
+        assert hosted.returncode == 0 and "HOST_STILL_RUNNING" in hosted.stdout, hosted.stdout + hosted.stderr
+        assert hosted.stderr.startswith("error: ") and "not found" in hosted.stderr
+
+
+def test_failed_status_exits_3_on_the_command_line_only(case, tmp_path):
+    """A registration whose status is failed (transform.json from clem_bridge.result): status and reasons
+    in the log, exit code 3 on the headless command line, none inside a host."""
+    reg = Registration(fixed_to_moving=case["reg"].fixed_to_moving, fixed_shape=case["em"].shape,
+                       moving_shape=case["lm"].shape[1:], method="truth", status="failed",
+                       warnings=["only 3 stained nuclei in common"])
+    reg.save_json(tmp_path / "transform.json")
+    script = tmp_path / "Report_Status.py"
+    script.write_text(f"""import json
+import clem_bridge_host as host
+record = json.load(open({str(tmp_path / 'transform.json')!r}))
+status = host.run_command("Report_Status.py", lambda: host.report(*(host.outcome(record) + ("CLEM test",))))
+""")
+    cli = run_script(case["app"], script)
+    assert cli.returncode == 3, cli.stdout + cli.stderr
+    assert "warning: only 3 stained nuclei in common" in cli.stdout and "CLEM test: status failed" in cli.stdout
+    hosted = run_script(case["app"], script, host=True)
+    assert hosted.returncode == 0 and "CLEM test: status failed" in hosted.stdout
+    assert "HOST_STILL_RUNNING" in hosted.stdout

@@ -7,8 +7,12 @@ reuse, and every failure path (server down, wrong token, server-side error, miss
 ``error:`` line with exit code 2 and no stack trace.
 """
 import csv
+import os
 import re
+import shutil
+import signal
 import socket
+import time
 
 import httpx
 import numpy as np
@@ -44,10 +48,16 @@ def env(tmp_path_factory):
         yield {"root": root, "app": make_fiji_app(root), "url": url, "pair": pair, "em": em, "lm": lm}
 
 
-def dead_url():
+def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
+        return s.getsockname()[1]
+
+
+def dead_url():
+    """A URL where nothing answers and that is not local (127.0.0.2 is loopback, but only 127.0.0.1,
+    localhost and [::1] make the scripts start a server)."""
+    return f"http://127.0.0.2:{free_port()}"
 
 
 def assert_clean_failure(r, *needles):
@@ -151,7 +161,7 @@ def test_server_down_is_one_line_and_exit_2(env, script):
             "Batch_Register_Folder.py": f'in_dir="{root}",out_dir="{root / "x"}"',
             "CLEM_Server_Status.py": "",
             "DeepCLEM_Correlate.py": f'em_file="{root / "a_em.tif"}",chromatin_file="{root / "a_lm.tif"}",'
-                                     f'out_dir="{root / "x"}"'}[script]
+                                     f'chromatin_channel=0,out_dir="{root / "x"}"'}[script]
     r = run_script(env["app"], script, f'{args},server_url="{dead_url()}"'.lstrip(","))
     assert_clean_failure(r, "cannot reach the CLEM server", "clem-bridge serve")
 
@@ -173,7 +183,7 @@ def test_wrong_token_and_server_side_error(env, tmp_path):
 def test_deepclem_says_when_the_server_lacks_the_model(env, tmp_path):
     root = env["root"]
     r = run_script(env["app"], "DeepCLEM_Correlate.py",
-                   f'em_file="{root / "a_em.tif"}",chromatin_file="{root / "a_lm.tif"}",model="no-such-model",'
+                   f'em_file="{root / "a_em.tif"}",chromatin_file="{root / "a_lm.tif"}",chromatin_channel=0,model="no-such-model",'
                    f'server_url="{env["url"]}",token="{TOKEN}",out_dir="{tmp_path}"')
     assert_clean_failure(r, "lacks the DeepCLEM chromatin model 'no-such-model'")
 
@@ -186,8 +196,11 @@ def test_deepclem_end_to_end(env, tmp_path):
     except InputError as e:
         pytest.skip(f"the chromatin model is not in models/ ({e})")
     pair, root = env["pair"], env["root"]
-    chromatin = (pair.lm["chromatin"] * 60000).round().astype(np.uint16)
-    io.write_tiff(tmp_path / "chromatin.tif", chromatin, pixel_size=pair.moving_pixel_size)
+    # RGB as DeepCLEM's example: chromatin in blue, red and green blank (a blank channel cannot be correlated,
+    # so the run only succeeds when the command takes blue by default, like the CLI)
+    rgb = np.zeros(pair.lm["chromatin"].shape + (3,), np.uint8)
+    rgb[..., 2] = (pair.lm["chromatin"] * 255).round()
+    tifffile.imwrite(tmp_path / "chromatin.tif", rgb, photometric="rgb")
     r = run_script(env["app"], "DeepCLEM_Correlate.py",
                    f'em_file="{root / "a_em.tif"}",chromatin_file="{tmp_path / "chromatin.tif"}",'
                    f'lm_file="{root / "a_lm.tif"}",channels="1",server_url="{env["url"]}",token="{TOKEN}",'
@@ -210,5 +223,43 @@ def test_register_script_logs_the_servers_warnings(env):
                    f'em_file="{root / "em.tif"}",lm_file="{root / "lm.tif"}",reg_channel=0,channels="",'
                    f'server_url="{env["url"]}",token="{TOKEN}",preset="fast",out_dir="{root / "out"}"')
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "warning: low mutual information" in r.stdout
+    assert "warning: low mutual information" in r.stdout and "CLEM registration: status uncertain" in r.stdout
     assert load_transform_json(root / "out" / "transform.json").warnings
+
+
+def test_local_url_without_a_recorded_server_is_one_clear_line(env):
+    (env["app"] / "jars" / "Lib" / "clem_bridge_server.txt").unlink(missing_ok=True)
+    url = f"http://localhost:{free_port()}"
+    assert_clean_failure(run_script(env["app"], "CLEM_Server_Status.py", f'server_url="{url}"'),
+                         f"cannot reach the CLEM server at {url} (connection refused), and no clem-bridge executable "
+                         "is recorded in", "clem_bridge_server.txt")
+
+
+def test_local_url_starts_the_recorded_server(tmp_path):
+    """Nothing answers at a local URL: the command starts the clem-bridge recorded next to the scripts on that
+    port, waits for /v1/health and says so; the next command finds it running."""
+    exe = shutil.which("clem-bridge")
+    if exe is None:
+        pytest.skip("the clem-bridge executable is not on PATH")
+    app = make_fiji_app(tmp_path)
+    (app / "jars" / "Lib" / "clem_bridge_server.txt").write_text(f"# clem-bridge install-fiji\n{exe}\n")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    home = {"HOME": str(tmp_path)}  # the started server keeps its jobs in ~/.clem-bridge/server
+    r = run_script(app, "CLEM_Server_Status.py", f'server_url="{url}"', env=home)
+    started = re.search(r"CLEM: started clem-bridge serve \(pid (\d+)\) at " + re.escape(url), r.stdout)
+    try:
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"CLEM: no server answers at {url}; starting {exe} serve --host 127.0.0.1 --port {port}" in r.stdout
+        assert started and re.search(r"CLEM server \S+: status ok, version \S+, device cpu", r.stdout), r.stdout
+        assert httpx.get(url + "/v1/health").json()["status"] == "ok"
+        assert (tmp_path / ".clem-bridge" / "server").is_dir()
+        again = run_script(app, "CLEM_Server_Status.py", f'server_url="{url}"', env=home)
+        assert again.returncode == 0 and "starting" not in again.stdout and "status ok" in again.stdout
+    finally:
+        if started:
+            pid = int(started.group(1))
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 30  # clean-up only: let it release tmp_path before pytest removes it
+            while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):
+                time.sleep(0.1)

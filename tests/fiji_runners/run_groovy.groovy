@@ -16,5 +16,6 @@ bindings.each { name, tv ->
     }
     binding.setVariable(name, value)
 }
-def script = new File(args[1])
+def script = new File(args[-2])  // args: bindings.json [--headless --run] script args
 new GroovyShell(binding).evaluate(script.text, script.name)
+println("HOST_STILL_RUNNING")

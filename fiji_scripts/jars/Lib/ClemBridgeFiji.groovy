@@ -1,15 +1,98 @@
-// clem-bridge Groovy helper for the Fiji scripts (ImageJ 1 API and the JDK only), loaded at run time:
-//   def Clem = new GroovyClassLoader(getClass().classLoader).parseClass(new File(<Fiji.app>, "jars/Lib/ClemBridgeFiji.groovy"))
-// Same convention and file formats as clem_bridge_fiji.py: fixed_to_moving maps EM pixel -> LM pixel,
-// pixel centres at integers. Problems are IllegalArgumentException with a one-sentence message.
+// clem-bridge Groovy helper for the Fiji scripts (ImageJ 1 API and the JDK only), loaded at run time with
+// jars/Lib on a GroovyClassLoader's class path (so that ClemWarp.groovy, the compiled warp kernel shared with
+// the Jython library, is found too):
+//   def loader = new GroovyClassLoader(getClass().classLoader); loader.addClasspath("<Fiji.app>/jars/Lib")
+//   def Clem = loader.loadClass("ClemBridgeFiji")
+// Same convention, file formats and host behaviour as the Jython modules (clem_bridge_transforms.py,
+// clem_bridge_host.py): fixed_to_moving maps EM pixel -> LM pixel, pixel centres at integers; exit codes only
+// when the JVM was started to run the script headless from the command line. Problems are
+// IllegalArgumentException with a one-sentence message.
+import ij.IJ
 import ij.ImagePlus
 import ij.ImageStack
+import ij.io.FileSaver
 import ij.measure.Calibration
 import ij.process.ImageProcessor
+import java.awt.GraphicsEnvironment
 import javax.xml.parsers.DocumentBuilderFactory
 
 class ClemBridgeFiji {
-    static final double EPS = 1e-6
+    static final int EXIT_ERROR = 2
+
+    // --- host: log, one-line errors, exit codes only on the headless command line ---------------
+
+    static void log(String msg) {
+        if (GraphicsEnvironment.isHeadless()) println(msg) else IJ.log(msg)
+    }
+
+    static List<String> commandLine() {
+        File proc = new File("/proc/self/cmdline")
+        if (proc.isFile()) return new String(proc.bytes, "UTF-8").split("\u0000").findAll { it } as List<String>
+        return (System.getProperty("sun.java.command") ?: "").tokenize()
+    }
+
+    /** The JVM was started as ``... --run <path ending in script> ...`` (Fiji's headless command line). */
+    static boolean launchedToRun(String script, List<String> words = commandLine()) {
+        for (int i = 0; i + 1 < words.size(); i++)
+            if (words[i] == "--run" && words[i + 1].replace('\\', '/').tokenize('/').last() == script) return true
+        return false
+    }
+
+    static boolean exitCodesAllowed(String script) {
+        String forced = System.getProperty("clem_bridge.exit")
+        if (forced in ["true", "false"]) return forced == "true"
+        if (System.getProperty("clem_bridge.raise") == "true" || !GraphicsEnvironment.isHeadless()) return false
+        return launchedToRun(script)
+    }
+
+    static void fail(String msg, String script) {
+        IJ.showStatus("")
+        if (System.getProperty("clem_bridge.raise") == "true") throw new IllegalArgumentException(msg)
+        if (!GraphicsEnvironment.isHeadless()) { IJ.error("CLEM", msg); return }
+        System.err.println("error: " + msg)
+        System.err.flush()
+        if (exitCodesAllowed(script)) System.exit(EXIT_ERROR)
+    }
+
+    // --- the Apply CLEM Transform command ------------------------------------------------------
+
+    static ImagePlus open(File f, String what) {
+        if (f == null || !f.isFile()) throw new IllegalArgumentException("$what file not found: $f")
+        def imp = IJ.openImage(f.path)
+        if (imp == null) throw new IllegalArgumentException("ImageJ cannot open the $what file $f")
+        return imp
+    }
+
+    /** Warp ``imageFile`` onto ``targetFile``'s canvas with a saved transform, save it; null after an error. */
+    static ImagePlus applyTransform(File imageFile, File targetFile, File transformFile, File outFile, String script) {
+        try {
+            def lm = open(imageFile, "image"), em = open(targetFile, "target image")
+            String path = transformFile?.path ?: ""
+            def warped = warpImage(lm, readTransform(path, em.calibration, lm.calibration), em)
+            if (outFile != null && !new FileSaver(warped).saveAsTiff(outFile.path)) throw new IllegalArgumentException("could not save $outFile")
+            log("CLEM: applied ${transformFile.name} to ${lm.title}; saved ${outFile}")
+            if (path.toLowerCase().endsWith(".json")) {
+                def (status, warnings) = jsonStatus(text(path))
+                warnings.each { log("warning: " + it) }
+                if (status != "ok") log("CLEM: the registration behind ${transformFile.name} has status ${status}")
+            }
+            return warped
+        } catch (IllegalArgumentException | IOException e) {
+            fail(e.message, script)
+            return null
+        }
+    }
+
+    /** [status, warnings] of a transform JSON (pattern-parsed; no status = uncertain when it has warnings). */
+    static List jsonStatus(String json) {
+        String str = /"((?:[^"\\]|\\.)*)"/
+        def w = json =~ /"warnings"\s*:\s*\[((?:\s*$str\s*,?)*)\s*\]/
+        List<String> warnings = w.find() ? (w.group(1) =~ str).collect { (it as List)[1].replace('\\"', '"') } : []
+        def s = json =~ /"status"\s*:\s*"(\w+)"/
+        return [s.find() ? s.group(1) : (warnings ? "uncertain" : "ok"), warnings]
+    }
+
+    // --- matrices and transform files ----------------------------------------------------------
 
     static double[][] matmul(double[][] a, double[][] b) {
         double[][] c = new double[3][3]
@@ -149,23 +232,6 @@ class ClemBridgeFiji {
         throw new IllegalArgumentException("unknown transform file type ${new File(path).name}; expected .json, .csv or .xml")
     }
 
-    /** Same values and valid region as clem_bridge.transforms.warp_image(order="bilinear"), 0 outside. */
-    static ImageProcessor warp(ImageProcessor ip, double[][] a, int width, int height) {
-        int w = ip.width, h = ip.height
-        ImageProcessor out = ip.createProcessor(width, height)
-        out.setValue(0); out.fill()
-        ip.setInterpolationMethod(ImageProcessor.BILINEAR)
-        double xmax = w - 1 + EPS, ymax = h - 1 + EPS
-        for (int y = 0; y < height; y++) {
-            double bx = a[0][1] * y + a[0][2], by = a[1][1] * y + a[1][2]
-            for (int x = 0; x < width; x++) {
-                double xm = a[0][0] * x + bx, ym = a[1][0] * x + by
-                if (xm >= -EPS && xm <= xmax && ym >= -EPS && ym <= ymax) out.putPixelValue(x, y, ip.getInterpolatedValue(xm, ym))
-            }
-        }
-        return out
-    }
-
     /** Every channel of lm (red, green, blue of an RGB image) warped onto em's canvas, with em's calibration. */
     static ImagePlus warpImage(ImagePlus lm, double[][] f2m, ImagePlus em) {
         List<ImageProcessor> procs = (1..lm.stackSize).collect { lm.stack.getProcessor(it) }
@@ -174,7 +240,7 @@ class ClemBridgeFiji {
         procs.eachWithIndex { ImageProcessor ip, int i ->
             ij.IJ.showStatus("CLEM: warping channel ${i + 1}/${procs.size()}")
             ij.IJ.showProgress(i, procs.size())
-            stack.addSlice("C$i", warp(ip, f2m, em.width, em.height))
+            stack.addSlice("C$i", ClemWarp.warp(ip, f2m, em.width, em.height))
         }
         ij.IJ.showProgress(1.0)
         def out = new ImagePlus("warped_" + lm.title, stack)

@@ -4,39 +4,16 @@
 #@ File (label="Output TIFF", style="save") out_file
 #@output ImagePlus warped
 // Apply CLEM transform: warp any image onto the EM canvas with a saved clem-bridge, BigWarp or mpicbg transform.
-import ij.IJ
-import ij.io.FileSaver
-import java.awt.GraphicsEnvironment
-
-def fail(String msg) {
-    IJ.showStatus("")
-    if (System.getProperty("clem_bridge.raise") == "true") throw new IllegalArgumentException(msg)
-    if (GraphicsEnvironment.isHeadless()) { System.err.println("error: " + msg); System.exit(2) }
-    IJ.error("CLEM", msg)
-}
-
-def open(File f, String what) {
-    if (f == null || !f.isFile()) throw new IllegalArgumentException("$what file not found: $f")
-    def imp = IJ.openImage(f.path)
-    if (imp == null) throw new IllegalArgumentException("ImageJ cannot open the $what file $f")
-    return imp
-}
-
+def plugins = System.getProperty("plugins.dir")  // PyImageJ sets only this one: <Fiji.app>/plugins
+def app = System.getProperty("imagej.dir") ?: System.getProperty("fiji.dir") ?: System.getProperty("ij.dir") ?:
+        (plugins ? new File(plugins).parent : ij.IJ.getDirectory("imagej"))
+def lib = new File(app, "jars/Lib")
 warped = null
-try {
-    def plugins = System.getProperty("plugins.dir")  // PyImageJ sets only this one: <Fiji.app>/plugins
-    def app = System.getProperty("imagej.dir") ?: System.getProperty("fiji.dir") ?: System.getProperty("ij.dir") ?:
-            (plugins ? new File(plugins).parent : IJ.getDirectory("imagej"))
-    def helper = new File(app, "jars/Lib/ClemBridgeFiji.groovy")
-    if (!helper.isFile()) throw new IllegalArgumentException("the clem-bridge helper $helper is missing; run clem-bridge install-fiji again")
-    def Clem = new GroovyClassLoader(getClass().classLoader).parseClass(helper)
-    def lm = open(image_file, "image")
-    def em = open(target_file, "target image")
-    def f2m = Clem.readTransform(transform_file?.path ?: "", em.calibration, lm.calibration)
-    warped = Clem.warpImage(lm, f2m, em)
-    if (out_file != null && !new FileSaver(warped).saveAsTiff(out_file.path)) throw new IllegalArgumentException("could not save $out_file")
-    def line = "CLEM: applied ${transform_file.name} to ${lm.title}; saved ${out_file}"
-    if (GraphicsEnvironment.isHeadless()) println(line) else IJ.log(line)
-} catch (IllegalArgumentException | IOException e) {
-    fail(e.message)
+if (new File(lib, "ClemBridgeFiji.groovy").isFile()) {
+    def loader = new GroovyClassLoader(getClass().classLoader)
+    loader.addClasspath(lib.path)
+    warped = loader.loadClass("ClemBridgeFiji").applyTransform(image_file, target_file, transform_file, out_file,
+                                                                "Apply_CLEM_Transform.groovy")
+} else {
+    ij.IJ.error("CLEM", "the clem-bridge helper is missing in $lib; run clem-bridge install-fiji again")
 }
