@@ -210,21 +210,20 @@ def test_uploads_are_507_when_the_disk_is_below_the_reserve(tmp_path):
         assert c.get("/v1/jobs").json() == {"jobs": []}
 
 
-def test_serve_refuses_unsafe_settings_and_a_used_data_dir(tmp_path):
+def test_serve_refuses_unsafe_settings(tmp_path):
     runner = CliRunner()
     for args, words in ((["--host", "0.0.0.0"], "error: refusing to bind 0.0.0.0"),
                         (["--keep-days", "-1"], "--keep-days"), (["--min-free-mb", "-5"], "--min-free-mb")):
         r = runner.invoke(cli_app, ["serve", "--port", "0", "--data-dir", str(tmp_path / "d"), *args])
         assert r.exit_code == 2 and words in r.stderr and "Traceback" not in r.output, r.output
-    with running_server(tmp_path / "data"):
-        r = runner.invoke(cli_app, ["serve", "--port", "0", "--data-dir", str(tmp_path / "data")])
-    assert r.exit_code == 2 and "error: another clem-bridge server is using the data dir" in r.stderr
 
 
 # --- the real server process -------------------------------------------------------------------
 
-def test_real_server_answers_limits_host_and_cors(tmp_path):
+def test_real_server_limits_host_cors_threads_and_data_dir_lock(tmp_path):
     with running_server(tmp_path / "data", "--max-upload-mb", "2", "--threads", "1") as url:
+        r = CliRunner().invoke(cli_app, ["serve", "--port", "0", "--data-dir", str(tmp_path / "data")])
+        assert r.exit_code == 2 and "error: another clem-bridge server is using the data dir" in r.stderr
         h = httpx.get(url + "/v1/health").json()
         assert h["status"] == "ok" and h["worker"] == "alive"
         assert "CPU threads: 1," in next(tmp_path.glob("*.log")).read_text()      # set once at start-up

@@ -42,32 +42,23 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _bad_number(v: Any) -> bool:
-    return isinstance(v, float) and not math.isfinite(v)
-
-
 def finite_only(obj: Any, where: str = "") -> tuple[Any, list[str]]:
     """``obj`` without NaN/inf floats (dropped from dicts and lists, recursively) and where they were."""
     if isinstance(obj, dict):
-        items = [(f"{where}.{k}" if where else str(k), k, v) for k, v in obj.items()]
-        clean: Any = {}
+        items = [(k, f"{where}.{k}" if where else str(k), v) for k, v in obj.items()]
     elif isinstance(obj, (list, tuple)):
-        items = [(f"{where}[{i}]", i, v) for i, v in enumerate(obj)]
-        clean = []
+        items = [(i, f"{where}[{i}]", v) for i, v in enumerate(obj)]
     else:
         return obj, []
-    dropped = []
-    for name, key, value in items:
-        if _bad_number(value):
+    kept, dropped = [], []
+    for key, name, value in items:
+        if isinstance(value, float) and not math.isfinite(value):
             dropped.append(name)
             continue
         value, inner = finite_only(value, name)
+        kept.append((key, value))
         dropped += inner
-        if isinstance(clean, dict):
-            clean[key] = value
-        else:
-            clean.append(value)
-    return clean, dropped
+    return (dict(kept) if isinstance(obj, dict) else [v for _, v in kept]), dropped
 
 
 def _one_line(exc: BaseException) -> str:
@@ -250,10 +241,10 @@ class JobManager:
             return JobState.cancelled, None, None
         except InputError as e:
             return JobState.failed, ErrorBody(error="invalid_input", detail=_one_line(e)), None
-        except OSError as e:
-            log.error("job %s (%s): %s", job.id, job.type, e)
-            return JobState.failed, _storage_error(e), None
         except Exception as e:  # a job must never kill the worker
+            if disk_full(e):
+                log.error("job %s (%s): %s", job.id, job.type, e)
+                return JobState.failed, _storage_error(e), None
             log.exception("job %s (%s) failed", job.id, job.type)
             return JobState.failed, ErrorBody(error="job_failed", detail=f"{type(e).__name__}: {_one_line(e)}"), None
 
