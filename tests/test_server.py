@@ -210,6 +210,13 @@ def test_uploads_are_507_when_the_disk_is_below_the_reserve(tmp_path):
         assert c.get("/v1/jobs").json() == {"jobs": []}
 
 
+def test_health_says_degraded_when_the_worker_has_stopped(tmp_path):
+    with app_client(tmp_path / "data") as c:
+        c.app.state.manager.stop()
+        h = c.get("/v1/health").json()
+        assert h["status"] == "degraded" and h["worker"] == "stopped"
+
+
 def test_serve_refuses_unsafe_settings(tmp_path):
     runner = CliRunner()
     for args, words in ((["--host", "0.0.0.0"], "error: refusing to bind 0.0.0.0"),
