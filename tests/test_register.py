@@ -142,3 +142,45 @@ def test_unrelated_lm_gets_a_low_mi_warning_not_a_silent_result():
     reg = register_mine(em, unrelated, device="cpu")
     assert any("low mutual information" in w for w in reg.warnings), reg.metrics
     assert reg.to_record().warnings == reg.warnings
+
+
+def test_concurrent_calls_in_threads_match_sequential_calls():
+    """No process-wide torch state: two calls at once give the same matrices as one after the other."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+    pairs = [make_pair((128, 128), fixed_to_moving=centred_affine((128, 128), (128, 128), rotation_deg=r,
+                                                                   translation=(5, -4)), seed=s)
+             for r, s in ((8, 1), (-12, 2))]
+    threads, rng_state = torch.get_num_threads(), torch.random.get_rng_state()
+    run = lambda k: register_mine(pairs[k].em, pairs[k].lm["reflected"], seed=k + 3, device="cpu")  # noqa: E731
+    sequential = [run(0), run(1)]
+    with ThreadPoolExecutor(2) as pool:
+        concurrent = list(pool.map(run, [0, 1]))
+    for a, b in zip(sequential, concurrent):
+        assert np.array_equal(a.fixed_to_moving, b.fixed_to_moving)
+        assert a.mi_curve == b.mi_curve
+    assert torch.get_num_threads() == threads
+    assert torch.equal(torch.random.get_rng_state(), rng_state)
+
+
+def _devices():
+    import torch
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", _devices())
+def test_tensors_stay_on_the_chosen_device(device):
+    """Pyramid samples, moving image and network live on the requested device; the result says which."""
+    import torch
+    from clem_bridge.register.mine import MineNet, _build_level, _frames
+    pair = make_pair((128, 128), seed=1)
+    dev = torch.device(device)
+    ff, fm = _frames(pair.em.shape, pair.lm["reflected"].shape)
+    level = _build_level(pair.em, pair.lm["reflected"], 2.0, ff, fm, MineParams(), dev)
+    tensors = [level.fixed_values, level.frame_points, level.moving, level.frame_to_grid,
+               *MineNet(8).to(dev).parameters()]
+    assert all(t.device.type == dev.type for t in tensors)
+    reg = register_mine(pair.em, pair.lm["reflected"], device=device,
+                        params=replace(MineParams(), max_iterations=50, min_iterations=50))
+    assert reg.device.startswith(device) and reg.iterations > 0

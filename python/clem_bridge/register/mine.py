@@ -1,9 +1,11 @@
 """MINE registration engine (TFUDL-CLEM, built on DRMIME).
 
-The affine is ``expm(Σ vᵢ Bᵢ)`` over 6 basis matrices (x/y translation, rotation, isotropic scale,
-stretch, shear) in a centred frame where one unit is half the long side of the fixed image.
+The affine is ``R · expm(Σ vᵢ Bᵢ)`` over 6 basis matrices (x/y translation, rotation, isotropic scale,
+stretch, shear) in a centred frame where one unit is half the long side of the fixed image; ``R`` is
+the fixed start (global search or ``init``), which may be mirrored (det < 0: the LM seen from the other
+side of the section), so the optimiser works in the handedness the search chose.
 Mutual information between the fixed (EM) intensities at sample points and the moving (LM)
-intensities at the mapped points is estimated by MINE: a 3-layer MLP (2 → 100 → 100 → 1, ReLU)
+intensities at the mapped points is estimated by MINE: a 3-layer MLP (2 → h → h → 1, ReLU)
 trained jointly with the transform on the Donsker–Varadhan bound
 ``MI ≥ E_joint[T] − log E_marginal[eᵀ]`` (marginal = moving samples shuffled).  Samples are taken
 where the EM has structure (dilated Canny edges of the blurred EM) on a Gaussian pyramid.  Where the
@@ -12,14 +14,17 @@ mapped point leaves the moving image the value is the moving image's median grey
 Two presets:
 
 * ``thesis`` — the published settings: 6 pyramid levels optimised jointly each iteration
-  (loss = Σ_levels MINE(v) + MINE(finest, v + v′)), learning rates α = 1e-5 (MINE network),
+  (loss = Σ_levels MINE(v) + MINE(finest, v + v′)), h = 100, learning rates α = 1e-5 (MINE network),
   β = 5e-4 (coarse parameters v), γ = 1e-5 (finest-level parameters v′), AMSGrad Adam,
   87,000 iterations, up to 1e6 samples per level, no initial search.
-* ``fast`` (default) — the same estimator and parameterisation, but a global initial search
-  (:mod:`.search`), a coarse-to-fine schedule (one level at a time), a random subset of edge
-  samples per step, stopping each level on a plateau of the MI estimate and of the parameters,
-  and the final parameters averaged over the last iterations (Polyak averaging).
+* ``fast`` (default) — the same estimator and parameterisation with a smaller network, a global
+  initial search over both handednesses, the full circle and LM/EM scales 0.5–2 (:mod:`.search`),
+  a short coarse-to-fine schedule (one level at a time), a random subset of edge samples per step,
+  stopping each level on a plateau of the MI estimate and of the parameters, and the final
+  parameters averaged over the last iterations (Polyak averaging).
 
+Randomness comes only from generators local to the call (no global torch state is touched), so
+concurrent calls in threads give the same result as sequential ones.
 The result follows :mod:`clem_bridge.transforms`: ``fixed_to_moving`` maps EM pixel → LM pixel.
 """
 from __future__ import annotations
@@ -37,7 +42,7 @@ from ..device import device_label, select_device
 from ..errors import Cancelled, InputError
 from ..progress import CancelFn, Progress, ProgressFn
 from ..result import Registration
-from ..transforms import as_matrix, center_of, pixel_to_normalized, rescale, resize_matrix, warp_image
+from ..transforms import as_matrix, center_of, pixel_to_normalized, rescale, resize_matrix
 from .search import global_search
 
 
@@ -45,30 +50,34 @@ from .search import global_search
 class MineParams:
     """Engine settings; build with :meth:`preset`, override fields with ``dataclasses.replace``."""
     name: str = "fast"
-    levels: int = 4                   # pyramid levels (finest = working resolution)
-    coarsest_size: int = 96           # fast: coarsest level long side (levels are added until reached)
+    levels: int = 2                   # pyramid levels (finest = working resolution)
+    level_step: int = 2               # fast: each coarser level is binned up to 2**level_step more
+    coarsest_size: int = 96           # fast: no level where the smaller image's long side is below this
     finest_size: int = 640            # fast: finest optimised level long side (the LM is blurred anyway)
+    hidden: int = 32                  # MINE network width
     joint_levels: bool = False        # thesis: all levels in one loss every iteration
     fine_params: bool = False         # thesis: extra parameter set v′ for the finest level
     lr_mine: float = 3e-3             # α
     lr_coarse: float = 3e-3           # β (per-level decay by ``lr_decay`` in the fast schedule)
     lr_fine: float = 1e-5             # γ
     lr_decay: float = 0.5
-    max_iterations: int = 300         # per level (fast) or total (thesis)
-    min_iterations: int = 75          # per level (fast)
-    samples_per_step: int = 2048      # 0 = all edge samples (capped by max_samples)
+    max_iterations: int = 100         # per level (fast) or total (thesis)
+    min_iterations: int = 50          # per level (fast)
+    samples_per_step: int = 1024      # 0 = all edge samples (capped by max_samples)
     max_samples: int = 1_000_000
     check_every: int = 25
     tol_px: float = 0.25              # parameter plateau: motion of window-averaged corners, level px
-    mi_tol: float = 5e-3              # MI plateau: EMA gain per check
-    average_last: int = 50            # Polyak window (0 = off)
+    mi_tol: float = 5e-3              # MI plateau: gain of the window mean per check
+    average_last: int = 25            # Polyak window (0 = off)
     global_search: bool = True
-    rotation_range_deg: float = 45.0
+    mirror_search: bool = True        # also try the mirrored LM (det < 0)
+    rotation_range_deg: float = 180.0  # ≥ 180: the full circle
     rotation_step_deg: float = 3.0
-    search_scales: tuple = tuple(float(x) for x in np.geomspace(0.625, 1.6, 11))   # LM/EM pixel-scale guesses
+    search_scales: tuple = tuple(float(x) for x in np.geomspace(0.42, 2.38, 11))   # LM/EM pixel-scale guesses
     max_shift_frac: float = 0.25
     search_size: int = 128
     max_working_size: int = 2048      # larger inputs are registered binned and the matrix rescaled
+    metrics_size: int = 512           # quality metrics on the images binned to this long side (0 = full)
     canny_sigma: float = 1.5
     edge_dilation: int = 2
 
@@ -77,9 +86,10 @@ class MineParams:
         if name == "fast":
             return cls()
         if name == "thesis":
-            return cls(name="thesis", levels=6, joint_levels=True, fine_params=True, lr_mine=1e-5,
-                       lr_coarse=5e-4, lr_fine=1e-5, lr_decay=1.0, max_iterations=87_000,
-                       min_iterations=87_000, samples_per_step=0, average_last=0, global_search=False)
+            return cls(name="thesis", levels=6, level_step=1, hidden=100, joint_levels=True, fine_params=True,
+                       lr_mine=1e-5, lr_coarse=5e-4, lr_fine=1e-5, lr_decay=1.0, max_iterations=87_000,
+                       min_iterations=87_000, samples_per_step=0, average_last=0, global_search=False,
+                       metrics_size=0)
         raise InputError(f"unknown preset {name!r}; use 'fast' or 'thesis'")
 
 
@@ -95,23 +105,29 @@ _BASIS = np.array([
 
 
 class MineNet(torch.nn.Module):
-    """T(fixed, moving): 2 → 100 → 100 → 1 with ReLU."""
+    """T(fixed, moving): 2 → h → h → 1 with ReLU, initialised from ``generator`` (PyTorch's default scheme)."""
 
-    def __init__(self, hidden: int = 100):
+    def __init__(self, hidden: int = 100, generator: Optional[torch.Generator] = None):
         super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(2, hidden), torch.nn.ReLU(),
-                                       torch.nn.Linear(hidden, hidden), torch.nn.ReLU(),
-                                       torch.nn.Linear(hidden, 1))
+        linear = lambda i, o: torch.nn.utils.skip_init(torch.nn.Linear, i, o)  # noqa: E731  (no global RNG)
+        self.net = torch.nn.Sequential(linear(2, hidden), torch.nn.ReLU(), linear(hidden, hidden), torch.nn.ReLU(),
+                                       linear(hidden, 1))
+        with torch.no_grad():
+            for layer in self.net:
+                if isinstance(layer, torch.nn.Linear):
+                    bound = 1.0 / np.sqrt(layer.in_features)
+                    layer.weight.uniform_(-bound, bound, generator=generator)
+                    layer.bias.uniform_(-bound, bound, generator=generator)
 
     def forward(self, f: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         return self.net(torch.stack([f, m], dim=1)).squeeze(1)
 
 
 def dv_bound(net: MineNet, f: torch.Tensor, m: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
-    """Donsker–Varadhan MI lower bound: mean T(joint) − log mean exp T(marginal)."""
-    joint = net(f, m).mean()
-    marg = net(f, m[perm])
-    return joint - (torch.logsumexp(marg, 0) - np.log(marg.numel()))
+    """Donsker–Varadhan MI lower bound: mean T(joint) − log mean exp T(marginal) (one batched pass)."""
+    n = f.numel()
+    t = net(torch.cat([f, f]), torch.cat([m, m[perm]]))
+    return t[:n].mean() - (torch.logsumexp(t[n:], 0) - np.log(n))
 
 
 # --- input handling ------------------------------------------------------------------------
@@ -129,7 +145,8 @@ def _check(img, name: str) -> np.ndarray:
     a = a.astype(np.float32)
     if not np.all(np.isfinite(a)):
         raise InputError(f"{name} image contains NaN or infinite pixels")
-    lo, hi = np.percentile(a, [0.5, 99.5])
+    step = max(1, int(np.sqrt(a.size / 250_000)))   # percentiles from a regular subsample of large images
+    lo, hi = np.percentile(a[::step, ::step], [0.5, 99.5])
     if hi <= lo:
         lo, hi = float(a.min()), float(a.max())
     if hi <= lo:
@@ -165,7 +182,7 @@ def edge_mask(img: np.ndarray, sigma: float = 1.5, dilation: int = 2) -> np.ndar
 class _Level:
     fixed_values: torch.Tensor     # (N,) fixed intensities at sample pixels
     frame_points: torch.Tensor     # (N, 3) homogeneous fixed-frame coordinates of the samples
-    moving: torch.Tensor           # (1, 1, H, W) moving image at this level
+    moving: torch.Tensor           # (1, 2, H, W) moving image at this level and its coverage (ones)
     moving_grey: float
     frame_to_grid: torch.Tensor    # (3, 3) moving frame → grid_sample coords of this level
     fixed_px_per_unit: float       # level pixels per frame unit (for the plateau test)
@@ -187,9 +204,10 @@ def _build_level(fixed: np.ndarray, moving: np.ndarray, factor: float, fixed_fra
     # moving frame → full moving px → level px → normalised (align_corners=True)
     frame_to_grid = (pixel_to_normalized(m_l.shape) @ np.linalg.inv(resize_matrix(moving.shape, m_l.shape))
                      @ np.linalg.inv(moving_frame))
+    both = np.stack([m_l, np.ones_like(m_l)])[None]
     return _Level(fixed_values=torch.from_numpy(f_l[ys, xs].astype(np.float32)).to(dev),
                   frame_points=torch.from_numpy(pts.astype(np.float32)).to(dev),
-                  moving=torch.from_numpy(m_l).to(dev)[None, None],
+                  moving=torch.from_numpy(both).to(dev),
                   moving_grey=float(np.median(m_l)),
                   frame_to_grid=torch.from_numpy(frame_to_grid.astype(np.float32)).to(dev),
                   fixed_px_per_unit=1.0 / abs(lvl_to_frame[0, 0]))
@@ -198,11 +216,9 @@ def _build_level(fixed: np.ndarray, moving: np.ndarray, factor: float, fixed_fra
 def _sample_moving(level: _Level, mat: torch.Tensor, idx: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     pts = level.frame_points if idx is None else level.frame_points[idx]
     f = level.fixed_values if idx is None else level.fixed_values[idx]
-    grid = pts @ (level.frame_to_grid @ mat).T
-    g = grid[:, :2].reshape(1, 1, -1, 2)
-    ones = torch.ones_like(level.moving)
-    both = torch.cat([level.moving, ones], dim=1)
-    s = F.grid_sample(both, g, mode="bilinear", padding_mode="zeros", align_corners=True)[0, :, 0]
+    grid = pts @ (level.frame_to_grid @ mat)[:2].T
+    s = F.grid_sample(level.moving, grid.reshape(1, 1, -1, 2), mode="bilinear", padding_mode="zeros",
+                      align_corners=True)[0, :, 0]
     m = s[0] + (1.0 - s[1]) * level.moving_grey     # grey padding where the moving image has no data
     return f, m
 
@@ -220,24 +236,37 @@ def _frames(fixed_shape, moving_shape) -> tuple[np.ndarray, np.ndarray]:
     return ff, fm
 
 
+def _pyramid_factors(fixed_shape, moving_shape, p: MineParams) -> list[float]:
+    """Binning factors of the optimised levels, finest first (relative to the working images).
+
+    Fast preset: each coarser level is binned up to ``2**level_step`` more, less where the smaller
+    image would drop below ``coarsest_size`` (a tiny coarse LM biases the MI optimum).
+    """
+    if p.joint_levels:
+        return [2.0 ** k for k in range(p.levels)]
+    first = 0
+    while max(fixed_shape) / 2.0 ** first > p.finest_size:
+        first += 1
+    factors = [2.0 ** first]
+    side = min(max(fixed_shape), max(moving_shape))
+    while len(factors) < p.levels:
+        step = next((k for k in range(p.level_step, 0, -1) if side / (factors[-1] * 2.0 ** k) >= p.coarsest_size), 0)
+        if not step:
+            break
+        factors.append(factors[-1] * 2.0 ** step)
+    return factors
+
+
 def register_mine(fixed, moving, *, preset: str = "fast", params: Optional[MineParams] = None, seed: int = 0,
                   device: str = "auto", progress: Optional[ProgressFn] = None,
                   cancelled: Optional[CancelFn] = None, init=None) -> Registration:
     """Register ``moving`` (LM registration channel) onto ``fixed`` (EM) with MINE.
 
-    ``init`` is an optional 3×3 ``fixed_to_moving`` starting guess (skips the global search).
-    ``progress(Progress)`` is called during the run; ``cancelled()`` returning True raises
-    :class:`~clem_bridge.errors.Cancelled`.  Same inputs + seed + device give the same matrix.
+    ``init`` is an optional 3×3 ``fixed_to_moving`` starting guess (skips the global search; may be
+    mirrored).  ``progress(Progress)`` is called during the run; ``cancelled()`` returning True raises
+    :class:`~clem_bridge.errors.Cancelled`.  Same inputs + seed + device give the same matrix, also
+    when several calls run at once in threads.  ``Registration.timings`` holds per-stage seconds.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)   # the per-step tensors are small: extra threads only add sync overhead
-    try:
-        return _register(fixed, moving, preset, params, seed, device, progress, cancelled, init)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _register(fixed, moving, preset, params, seed, device, progress, cancelled, init) -> Registration:
     t0 = time.perf_counter()
     p = params or MineParams.preset(preset)
     fixed_n, moving_n = _check(fixed, "fixed (EM)"), _check(moving, "moving (LM)")
@@ -250,18 +279,7 @@ def _register(fixed, moving, preset, params, seed, device, progress, cancelled, 
     work = max(1.0, max(fixed_n.shape) / p.max_working_size)
     fixed_w, moving_w = _downscale(fixed_n, work), _downscale(moving_n, work)
     ff, fm = _frames(fixed_w.shape, moving_w.shape)
-
-    # pyramid factors (relative to the working images)
-    if p.joint_levels:
-        factors = [2.0 ** k for k in range(p.levels)]
-    else:
-        first = 0
-        while max(fixed_w.shape) / 2.0 ** first > p.finest_size:
-            first += 1
-        last = first
-        while last - first + 1 < p.levels and max(fixed_w.shape) / 2.0 ** (last + 1) >= p.coarsest_size:
-            last += 1
-        factors = [2.0 ** k for k in range(first, last + 1)]
+    factors = _pyramid_factors(fixed_w.shape, moving_w.shape, p)
 
     timings: dict[str, float] = {}
     init_w = None
@@ -275,17 +293,17 @@ def _register(fixed, moving, preset, params, seed, device, progress, cancelled, 
         ts = time.perf_counter()
         s = max(1.0, max(fixed_w.shape) / p.search_size)
         fs, ms = _downscale(fixed_w, s), _downscale(moving_w, s)
-        res = global_search(fs, ms, rotation_range_deg=p.rotation_range_deg,
-                            rotation_step_deg=p.rotation_step_deg, scales=p.search_scales,
-                            max_shift_frac=p.max_shift_frac)
+        res = global_search(fs, ms, rotation_range_deg=p.rotation_range_deg, rotation_step_deg=p.rotation_step_deg,
+                            scales=p.search_scales, mirror=p.mirror_search, max_shift_frac=p.max_shift_frac)
         init_w = rescale(res.fixed_to_moving, fixed_w.shape, fs.shape, moving_w.shape, ms.shape)
-        search_info = {"rotation_deg": res.rotation_deg, "scale": res.scale, "score": res.score}
+        search_info = {"rotation_deg": res.rotation_deg, "scale": res.scale, "score": res.score,
+                       "mirrored": float(res.mirrored)}
         timings["search_s"] = time.perf_counter() - ts
         report(Progress("search", 1, 1, None, 0.05))
     m0 = np.eye(3) if init_w is None else fm @ init_w @ np.linalg.inv(ff)   # frame → frame start
 
-    torch.manual_seed(seed)
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    net_gen = torch.Generator().manual_seed(seed)
     basis = torch.from_numpy(_BASIS.astype(np.float32)).to(dev)
     m0_t = torch.from_numpy(m0.astype(np.float32)).to(dev)
 
@@ -303,9 +321,9 @@ def _register(fixed, moving, preset, params, seed, device, progress, cancelled, 
     def draw(level: _Level, n: int):
         total = level.fixed_values.numel()
         if n <= 0 or n >= total:
-            return None, torch.randperm(total, generator=gen).to(dev)
-        idx = torch.randint(total, (n,), generator=gen).to(dev)
-        return idx, torch.randperm(n, generator=gen).to(dev)
+            return None, torch.randperm(total, generator=gen, device=dev)
+        idx = torch.randint(total, (n,), generator=gen, device=dev)
+        return idx, torch.randperm(n, generator=gen, device=dev)
 
     tm = time.perf_counter()
     if p.joint_levels:
@@ -315,65 +333,71 @@ def _register(fixed, moving, preset, params, seed, device, progress, cancelled, 
     budget = p.max_iterations * len(stages)
     # fast: one network carried through the levels; thesis: one per level (+ one for the v + v′ term)
     n_nets = len(levels) + int(p.fine_params) if p.joint_levels else 1
-    nets = [MineNet().to(dev) for _ in range(n_nets)]
-    opt_net = torch.optim.Adam([q for n_ in nets for q in n_.parameters()], lr=p.lr_mine, amsgrad=True)
+    nets = [MineNet(p.hidden, net_gen).to(dev) for _ in range(n_nets)]
+    net_params = [q for n_ in nets for q in n_.parameters()]
 
     for si, stage in enumerate(stages):
+        tl = time.perf_counter()
         lr = p.lr_coarse * (p.lr_decay ** si)   # same step in level pixels at every level
-        groups = [{"params": [v], "lr": lr}]
-        if p.fine_params:
-            groups.append({"params": [v_fine], "lr": p.lr_fine})
-        opt_v = torch.optim.Adam(groups, amsgrad=True)
+        if si == 0:   # one optimiser: network, transform (and v′ in the thesis preset)
+            groups = [{"params": net_params, "lr": p.lr_mine}, {"params": [v], "lr": lr}]
+            if p.fine_params:
+                groups.append({"params": [v_fine], "lr": p.lr_fine})
+            opt = torch.optim.Adam(groups, amsgrad=True)
+        else:         # next level: keep the network's optimiser state, restart the transform's
+            opt.param_groups[1]["lr"] = lr
+            opt.state.pop(v, None)
         name = "optimise" if p.joint_levels else f"level {si + 1}/{len(stages)}"
         finest = levels[stage[0]] if not p.joint_levels else levels[0]
-        ema, last_ema, prev_corners, calm = None, None, None, 0
+        last_mean, prev_corners, calm = None, None, 0
         window: list[torch.Tensor] = []
+        mis: list[torch.Tensor] = []
         for it in range(p.max_iterations):
             if stop():
                 raise Cancelled("registration cancelled")
             mat = m0_t @ _expm(v, basis)
             loss = torch.zeros((), device=dev)
-            mi_val = 0.0
             for li, k in enumerate(stage):
                 idx, perm = draw(levels[k], p.samples_per_step)
                 f, m = _sample_moving(levels[k], mat, idx)
-                mi = dv_bound(nets[li if p.joint_levels else 0], f, m, perm)
-                loss = loss - mi
-                mi_val += float(mi.detach())
+                loss = loss - dv_bound(nets[li if p.joint_levels else 0], f, m, perm)
+            mis.append(-loss.detach() / len(stage))
             if p.fine_params:
                 idx, perm = draw(levels[0], p.samples_per_step)
                 f, m = _sample_moving(levels[0], m0_t @ _expm(v + v_fine, basis), idx)
                 loss = loss - dv_bound(nets[-1], f, m, perm)
-            opt_net.zero_grad()
-            opt_v.zero_grad()
+            opt.zero_grad()
             loss.backward()
-            opt_net.step()
-            opt_v.step()
+            opt.step()
             iterations += 1
-            mi_val /= len(stage)
-            mi_curve.append(mi_val)
-            ema = mi_val if ema is None else 0.95 * ema + 0.05 * mi_val
             window.append(v.detach().clone())
             window = window[-max(p.average_last, p.check_every):]
             if (it + 1) % p.check_every == 0:
-                report(Progress(name, it + 1, p.max_iterations, ema,
+                recent = torch.stack(mis[-p.check_every:]).cpu().numpy()    # one device sync per check
+                mi_curve.extend(float(x) for x in recent)
+                mean = float(recent.mean())
+                report(Progress(name, it + 1, p.max_iterations, mean,
                                 0.05 + 0.9 * min(1.0, iterations / budget)))
                 # plateau test on window-averaged parameters (robust to the stochastic jitter)
                 with torch.no_grad():
                     c = corners @ (m0_t @ _expm(torch.stack(window[-p.check_every:]).mean(0), basis)).T
                 if prev_corners is not None and it + 1 >= p.min_iterations:
                     moved = float((c - prev_corners)[:, :2].norm(dim=1).max()) * finest.fixed_px_per_unit
-                    flat = ema - last_ema < p.mi_tol
+                    flat = mean - last_mean < p.mi_tol
                     calm = calm + 1 if (moved < p.tol_px and flat) else 0
-                    if calm >= 2 or opt_v.param_groups[0]["lr"] <= lr / 16:
+                    if calm >= 2 or opt.param_groups[1]["lr"] <= lr / 16:
                         break
                     if flat:   # MI has plateaued: anneal the transform's step size
-                        opt_v.param_groups[0]["lr"] *= 0.5
-                prev_corners, last_ema = c, ema
+                        opt.param_groups[1]["lr"] *= 0.5
+                prev_corners, last_mean = c, mean
+        rest = len(mis) % p.check_every
+        if rest:
+            mi_curve.extend(float(x) for x in torch.stack(mis[-rest:]).cpu().numpy())
         level_iters.append(it + 1)
         if p.average_last:
             with torch.no_grad():
                 v.copy_(torch.stack(window[-p.average_last:]).mean(0))
+        timings[f"level{si + 1}_s"] = time.perf_counter() - tl
     timings["optimise_s"] = time.perf_counter() - tm
 
     with torch.no_grad():
@@ -385,7 +409,7 @@ def _register(fixed, moving, preset, params, seed, device, progress, cancelled, 
 
     report(Progress("metrics", 0, None, None, 0.96))
     tq = time.perf_counter()
-    metrics = registration_metrics(fixed_n, moving_n, a_full)
+    metrics = registration_metrics(fixed_n, moving_n, a_full, p.metrics_size)
     metrics.update({f"search_{k}": float(val) for k, val in search_info.items()})
     metrics["mi_estimate"] = float(np.mean(mi_curve[-p.check_every:])) if mi_curve else 0.0
     timings["metrics_s"] = time.perf_counter() - tq
@@ -416,10 +440,20 @@ def assess(metrics: dict, p: MineParams) -> list[str]:
     return out
 
 
-def registration_metrics(fixed: np.ndarray, moving: np.ndarray, fixed_to_moving) -> dict[str, float]:
-    """NCC, histogram MI and MS-SSIM between the EM and the warped LM on their overlap."""
+def registration_metrics(fixed: np.ndarray, moving: np.ndarray, fixed_to_moving, max_size: int = 0) -> dict[str, float]:
+    """NCC, histogram MI and MS-SSIM between the EM and the warped LM on their overlap.
+
+    ``max_size`` > 0 computes them on both images binned so the EM's long side is at most that.
+    """
     from ..quality import overlap_metrics
     from ..transforms import valid_mask
-    warped = warp_image(moving.astype(np.float32), fixed_to_moving, fixed.shape)
-    mask = valid_mask(fixed_to_moving, fixed.shape, moving.shape)
+    a = as_matrix(fixed_to_moving)
+    f = max(1.0, max(fixed.shape) / max_size) if max_size else 1.0
+    if f > 1.0:
+        fixed_s, moving_s = _downscale(fixed, f), _downscale(moving, f)
+        a = rescale(a, fixed_s.shape, fixed.shape, moving_s.shape, moving.shape)
+        fixed, moving = fixed_s, moving_s
+    warped = cv2.warpAffine(moving.astype(np.float32), a[:2], (fixed.shape[1], fixed.shape[0]),
+                            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT)
+    mask = valid_mask(a, fixed.shape, moving.shape)
     return overlap_metrics(fixed, warped, mask)

@@ -1,9 +1,14 @@
-"""Coarse global initialisation: rotation × scale sweep with translation search by template matching.
+"""Coarse global initialisation: handedness × rotation × scale sweep with translation by template matching.
 
 Both images are reduced to the gradient magnitude of a blurred copy (invariant to contrast inversion,
-which is common between EM and LM), the moving gradient is resampled onto an enlarged fixed grid for
-every candidate rotation/scale, and ``cv2.matchTemplate`` (normalised correlation coefficient) finds the
-best translation.  Matrices follow :mod:`clem_bridge.transforms` (fixed pixel → moving pixel).
+which is common between EM and LM).  For every candidate (mirrored or not, rotation, scale) the moving
+gradient is resampled onto an enlarged fixed grid and ``cv2.matchTemplate`` (normalised correlation
+coefficient) finds the best translation; both handednesses are scored on that same criterion.
+
+Coarse to fine: every candidate over the full circle is tried on half-size copies, the best few
+distinct ones are refined at the given size, then the winner's rotation and scale are polished.
+Matrices follow :mod:`clem_bridge.transforms` (fixed pixel → moving pixel); a mirrored result has
+``det < 0`` (the LM seen from the other side of the section).
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ class SearchResult:
     fixed_to_moving: np.ndarray
     rotation_deg: float
     scale: float
+    mirrored: bool
     translation: tuple[float, float]
     score: float
 
@@ -30,6 +36,15 @@ def gradient_magnitude(image: np.ndarray, sigma: float = 1.0) -> np.ndarray:
     gx = cv2.Sobel(img, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(img, cv2.CV_32F, 0, 1, ksize=3)
     return cv2.magnitude(gx, gy)
+
+
+def candidate(fixed_shape, moving_shape, angle: float, scale: float, mirrored: bool) -> np.ndarray:
+    """fixed px → moving px: (mirror x about the fixed centre,) rotate/scale about it, land on the moving centre."""
+    cf, cm = center_of(fixed_shape), center_of(moving_shape)
+    m = from_params(rotation_deg=angle, scale=scale, center=cf, translation=(cm[0] - cf[0], cm[1] - cf[1]))
+    if mirrored:
+        m = m @ np.array([[-1.0, 0, 2 * cf[0]], [0, 1, 0], [0, 0, 1]])
+    return m
 
 
 def _subpixel(resp: np.ndarray, loc: tuple[int, int]) -> tuple[float, float]:
@@ -47,56 +62,80 @@ def _subpixel(resp: np.ndarray, loc: tuple[int, int]) -> tuple[float, float]:
     return x + float(np.clip(dx, -0.5, 0.5)), y + float(np.clip(dy, -0.5, 0.5))
 
 
-def _match(fixed_grad: np.ndarray, moving_grad: np.ndarray, base: np.ndarray, margin: tuple[int, int]):
-    """Best translation for one candidate ``base`` (fixed px → moving px); returns (score, matrix)."""
-    h, w = fixed_grad.shape
-    my, mx = margin
-    shift = np.array([[1, 0, -mx], [0, 1, -my], [0, 0, 1.0]])  # canvas px → fixed px
-    canvas = cv2.warpAffine(moving_grad, (base @ shift)[:2], (w + 2 * mx, h + 2 * my),
-                            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
-                            borderValue=0.0)
-    resp = cv2.matchTemplate(canvas, fixed_grad, cv2.TM_CCOEFF_NORMED)
-    _, score, _, loc = cv2.minMaxLoc(resp)
-    u, v = _subpixel(resp, loc)
-    t = np.array([[1, 0, u - mx], [0, 1, v - my], [0, 0, 1.0]])
-    return float(score), base @ t
+class _Matcher:
+    """Gradient images of one fixed/moving pair and the translation search for a candidate."""
+
+    def __init__(self, fixed: np.ndarray, moving: np.ndarray, max_shift_frac: float, sigma: float):
+        self.fixed_shape, self.moving_shape = fixed.shape, moving.shape
+        self.fg, self.mg = gradient_magnitude(fixed, sigma), gradient_magnitude(moving, sigma)
+        side = int(np.ceil(max_shift_frac * max(fixed.shape)))   # same in x and y: the LM may be rotated 90°
+        self.margin = (side, side)
+
+    def score(self, angle: float, scale: float, mirrored: bool) -> tuple[float, float, float, bool, np.ndarray]:
+        """(score, angle, scale, mirrored, fixed_to_moving) with the best translation for this candidate."""
+        base = candidate(self.fixed_shape, self.moving_shape, angle, scale, mirrored)
+        h, w = self.fg.shape
+        my, mx = self.margin
+        shift = np.array([[1, 0, -mx], [0, 1, -my], [0, 0, 1.0]])  # canvas px → fixed px
+        canvas = cv2.warpAffine(self.mg, (base @ shift)[:2], (w + 2 * mx, h + 2 * my),
+                                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
+                                borderValue=0.0)
+        resp = cv2.matchTemplate(canvas, self.fg, cv2.TM_CCOEFF_NORMED)
+        _, best, _, loc = cv2.minMaxLoc(resp)
+        u, v = _subpixel(resp, loc)
+        t = np.array([[1, 0, u - mx], [0, 1, v - my], [0, 0, 1.0]])
+        return float(best), float(angle), float(scale), bool(mirrored), base @ t
 
 
-def global_search(fixed: np.ndarray, moving: np.ndarray, *, rotation_range_deg: float = 45.0,
-                  rotation_step_deg: float = 3.0, scales=(1.0,), max_shift_frac: float = 0.25,
-                  sigma: float = 1.0) -> SearchResult:
-    """Search rotation (about the image centres), scale and translation; return the best candidate.
+def _distinct(ranked: list, keep: int, angle_tol: float, scale_ratio: float) -> list:
+    """The best ``keep`` candidates that are not neighbours (same handedness, close angle and scale)."""
+    out: list = []
+    for r in ranked:
+        if all(r[3] != o[3] or abs((r[1] - o[1] + 180) % 360 - 180) > angle_tol
+               or max(r[2] / o[2], o[2] / r[2]) > scale_ratio for o in out):
+            out.append(r)
+            if len(out) == keep:
+                break
+    return out
 
-    ``fixed`` and ``moving`` are small (about 100–200 px) images with similar pixel sizes.
-    Translations of up to ``max_shift_frac`` of the fixed size are searched in every candidate.
+
+def global_search(fixed: np.ndarray, moving: np.ndarray, *, rotation_range_deg: float = 180.0,
+                  rotation_step_deg: float = 3.0, scales=(1.0,), mirror: bool = True,
+                  max_shift_frac: float = 0.25, sigma: float = 1.0, keep: int = 4) -> SearchResult:
+    """Search handedness, rotation (about the image centres), scale and translation; return the best candidate.
+
+    ``fixed`` and ``moving`` are small (about 100–200 px) images with pixel sizes within the ``scales``
+    range (moving px per fixed px).  ``rotation_range_deg`` ≥ 180 searches the full circle; the sweep
+    runs at half size in steps of 3 × ``rotation_step_deg`` and over ``scales``, the ``keep`` best
+    distinct candidates are refined at full size in ``rotation_step_deg`` steps and half scale steps.
+    Translations of up to ``max_shift_frac`` of the fixed long side are searched in every candidate.
     """
-    fg = gradient_magnitude(fixed, sigma)
-    mg = gradient_magnitude(moving, sigma)
-    margin = (int(np.ceil(max_shift_frac * fixed.shape[0])), int(np.ceil(max_shift_frac * fixed.shape[1])))
-    cf, cm = center_of(fixed.shape), center_of(moving.shape)
+    scales = sorted(float(s) for s in scales)
+    ratio = (scales[-1] / scales[0]) ** (1.0 / (len(scales) - 1)) if len(scales) > 1 else 1.0
+    coarse_step = 3.0 * rotation_step_deg
+    if rotation_range_deg >= 180.0:
+        angles = list(np.arange(-180.0, 180.0, coarse_step))
+    else:
+        n = int(np.ceil(rotation_range_deg / coarse_step))
+        angles = [k * coarse_step for k in range(-n, n + 1)]
+    hands = (False, True) if mirror else (False,)
 
-    def candidate(angle: float, scale: float) -> np.ndarray:
-        # fixed px → moving px: rotate/scale about the fixed centre, land on the moving centre
-        return from_params(rotation_deg=angle, scale=scale, center=cf,
-                           translation=(cm[0] - cf[0], cm[1] - cf[1]))
+    half = lambda img: cv2.resize(img, (max(img.shape[1] // 2, 8), max(img.shape[0] // 2, 8)),  # noqa: E731
+                                  interpolation=cv2.INTER_AREA)
+    coarse = _Matcher(half(fixed), half(moving), max_shift_frac, sigma)
+    ranked = sorted((coarse.score(a, s, h) for h in hands for s in scales for a in angles),
+                    key=lambda r: -r[0])
+    seeds = _distinct(ranked, keep, coarse_step, ratio ** 0.5)
 
-    def sweep(angles, scale_list):
-        out = []
-        for s in scale_list:
-            for a in angles:
-                score, mat = _match(fg, mg, candidate(a, s), margin)
-                out.append((score, a, s, mat))
-        return max(out, key=lambda r: r[0])
-
-    n = int(round(rotation_range_deg / rotation_step_deg))
-    best = sweep([k * rotation_step_deg for k in range(-n, n + 1)], scales)
-    # local refinement: rotation in steps of 1/6 of the sweep, then scale in quarter steps of the sweep
-    fine = sweep([best[1] + k * rotation_step_deg / 6.0 for k in range(-5, 6)], [best[2]])
-    best = max(best, fine, key=lambda r: r[0])
+    full = _Matcher(fixed, moving, max_shift_frac, sigma)
+    best = max((full.score(r[1] + k * rotation_step_deg, r[2] * ratio ** (j / 2.0), r[3])
+                for r in seeds for k in range(-2, 3) for j in (-1, 0, 1)), key=lambda r: r[0])
+    # polish: rotation in sixths of the step, then scale in eighths of the sweep's ratio
+    fine = [full.score(best[1] + k * rotation_step_deg / 6.0, best[2], best[3]) for k in range(-5, 6)]
+    best = max([best, *fine], key=lambda r: r[0])
     if len(scales) > 1:
-        ratio = (max(scales) / min(scales)) ** (1.0 / (len(scales) - 1))
-        fine = sweep([best[1]], [best[2] * ratio ** (k / 4.0) for k in range(-3, 4)])
-        best = max(best, fine, key=lambda r: r[0])
-    score, angle, scale, mat = best
-    return SearchResult(fixed_to_moving=mat, rotation_deg=float(angle), scale=float(scale),
-                        translation=(float(mat[0, 2]), float(mat[1, 2])), score=score)
+        fine = [full.score(best[1], best[2] * ratio ** (k / 8.0), best[3]) for k in range(-3, 4)]
+        best = max([best, *fine], key=lambda r: r[0])
+    score, angle, scale, mirrored, mat = best
+    return SearchResult(fixed_to_moving=mat, rotation_deg=float((angle + 180.0) % 360.0 - 180.0), scale=scale,
+                        mirrored=mirrored, translation=(float(mat[0, 2]), float(mat[1, 2])), score=score)
