@@ -8,6 +8,9 @@ Backends (one JVM per process, started by :func:`start`):
 * ``"pyimagej"`` — ``imagej.init(<Fiji.app>)`` when a Fiji installation is given (or
   ``CLEM_BRIDGE_FIJI`` is set); scripts then run through Fiji's own script service.
 
+Both set the system property ``clem_bridge.raise=true``: a script error raises :class:`InputError` here
+and never ends the JVM (the scripts' exit codes are for Fiji's headless command line only).
+
 The ``#@`` parsing here (:func:`script_parameters`, :func:`parse_run_args`) is also what the tests'
 headless harness uses to run the scripts as Fiji would.
 """
@@ -133,6 +136,7 @@ def start(fiji_dir: Optional[str] = None) -> str:
         except ImportError:
             raise InputError("a Fiji.app was given but PyImageJ is not installed (pip install pyimagej)") from None
         _state["ij"] = imagej.init(str(fiji_dir), mode="headless")
+        scyjava.jimport("java.lang.System").setProperty("clem_bridge.raise", "true")  # errors raise, never exit
         _state["fiji_dir"] = str(fiji_dir)
         _state["backend"] = "pyimagej"
         return "pyimagej"
@@ -250,7 +254,11 @@ def run_script(script, args: dict[str, Any] | str | None = None) -> dict[str, An
         if not (Path(_state["fiji_dir"]) / "jars" / "Lib" / "clem_bridge_fiji.py").is_file():
             raise InputError(f"clem-bridge is not installed in {_state['fiji_dir']}; run: clem-bridge install-fiji "
                              f"{_state['fiji_dir']}")
-        module = _state["ij"].script().run(str(path), text, True, to_java(inputs)).get()
+        import jpype
+        try:
+            module = _state["ij"].script().run(str(path), text, True, to_java(inputs)).get()
+        except jpype.JException as e:
+            raise InputError(_script_message(e)) from None
         values = {n: module.getOutput(n) for n in outputs}
     else:
         values = _run_ij1(path, strip_parameters(text), inputs, outputs)

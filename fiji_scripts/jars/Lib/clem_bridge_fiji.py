@@ -15,7 +15,7 @@ import re
 
 from java.io import File
 
-from clem_bridge_host import ClemError, is_headless, log, outcome, report, run_command, worst  # noqa: F401
+from clem_bridge_host import ClemError, is_headless, log, message, outcome, report, run_command, worst  # noqa: F401
 import clem_bridge_http as http
 import clem_bridge_images as images
 import clem_bridge_transforms as transforms
@@ -58,12 +58,12 @@ def correlate(em_file, chromatin_file, chromatin_channel, lm_file, channels, mod
         record, _ = server.submit_and_wait("/v1/correlate", files,
                                            {"model": model, "chromatin_channel": 0, "channels": [0]}, "DeepCLEM")
     except ClemError as e:
-        if "HTTP 404" in str(e):
+        if "HTTP 404" in message(e):
             raise ClemError("the CLEM server at %s lacks the DeepCLEM chromatin model (it has no "
                             "POST /v1/correlate); update the server or use Register EM-LM" % server.url)
-        if "HTTP 422" in str(e) and "model" in str(e):
+        if "HTTP 422" in message(e) and "model" in message(e):
             raise ClemError("the CLEM server at %s lacks the DeepCLEM chromatin model '%s' (%s)"
-                            % (server.url, model, str(e).split(": ", 1)[-1]))
+                            % (server.url, model, message(e).split(": ", 1)[-1]))
         raise
     f2m = transforms.check_matrix(record.get("fixed_to_moving"), "the server's fixed_to_moving")
     f2m, warped, comp, _ = register_and_apply(server, em, lm, 0, channels, out, f2m=f2m, record=record)
@@ -97,9 +97,9 @@ def batch(in_dir, em_pattern, lm_pattern, reg_channel, channels, reuse, server_u
             row.update((k, (record or {}).get("metrics", {}).get(k)) for k in ("mi", "ncc", "overlap", "ms_ssim"))
             f2m, first_status = f2m or m, first_status or (status, warnings)
         except ClemError as e:
-            if "cannot reach" in str(e) or "rejected the token" in str(e):
+            if "cannot reach" in message(e) or "rejected the token" in message(e):
                 raise
-            row.update(status="error", error=str(e))
+            row.update(status="error", error=message(e))
         rows.append(row)
     path = File(out, "summary.csv").getPath()
     write_summary_csv(path, rows, SUMMARY_COLUMNS)

@@ -26,6 +26,12 @@ class ClemError(Exception):
     """A user-facing problem; the message is one sentence."""
 
 
+def message(e):
+    """The text of an exception as unicode (str() of a non-ASCII message fails in Jython 2)."""
+    arg = e.args[0] if getattr(e, "args", None) else None
+    return arg if isinstance(arg, basestring) else unicode(e)
+
+
 def is_headless():
     return GraphicsEnvironment.isHeadless()
 
@@ -71,11 +77,11 @@ def run_command(script_name, command, on_error=None):
     try:
         return command()
     except ClemError as e:
-        _fail(str(e))
+        _fail(message(e))
     except IOException as e:
         _fail("I/O error: %s" % e.getMessage())
     except (Exception, JException) as e:  # a bug or an unforeseen case: still one line
-        _fail("unexpected %s: %s (please report it)" % (type(e).__name__, e))
+        _fail(u"unexpected %s: %s (please report it)" % (type(e).__name__, message(e)))
     return on_error
 
 
@@ -87,7 +93,7 @@ def _fail(msg):
     if not is_headless():
         IJ.error("CLEM", msg)
         return
-    System.err.println("error: " + msg)
+    System.err.println(u"error: " + msg)
     System.err.flush()
     if exit_codes_allowed():
         System.exit(EXIT_ERROR)
@@ -97,7 +103,7 @@ def outcome(record):
     """``(status, warnings)`` of a transform record; a record without ``status`` is ``uncertain`` when it
     has warnings (as clem_bridge.result.Registration.outcome)."""
     record = record or {}
-    warnings = [str(w) for w in record.get("warnings") or []]
+    warnings = [unicode(w) for w in record.get("warnings") or []]
     status = record.get("status") or ("uncertain" if warnings else "ok")
     if status not in STATUSES:
         raise ClemError("the server answered an unknown registration status '%s'" % status)
