@@ -36,6 +36,13 @@ def test_every_menu_script_declares_parseable_parameters(script):
     assert "#@" not in fiji.strip_parameters(text)
 
 
+def test_tokens_are_passwords_that_fiji_never_stores():
+    tokens = [p for script in SCRIPTS for p in fiji.script_parameters(script.read_text()) if p["name"] == "token"]
+    assert len(tokens) == 4  # Register, DeepCLEM, Batch, Status
+    for p in tokens:
+        assert p["attrs"].get("style") == "password" and p["attrs"].get("persist") is False, p
+
+
 def test_parameter_forms():
     text = ('#@ String (label="URL", value="http://x:1") url\n#@File(style="directory") out\n'
             '#@output ImagePlus warped\n#@ String (choices={"a", "b"}, value="b") pick\n#@script(name="x")\n')
