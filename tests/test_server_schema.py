@@ -15,7 +15,7 @@ def api_schema(tmp_path_factory):
         async def app(scope, receive, send):       # schemathesis' own clients: the fixture runs the lifespan
             if scope["type"] != "lifespan":
                 return await c.app(scope, receive, send)
-            while (message := await receive())["type"] != "lifespan.shutdown":
+            while (await receive())["type"] != "lifespan.shutdown":
                 await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
         yield schemathesis.openapi.from_asgi("/openapi.json", app, headers={"host": "127.0.0.1"})
