@@ -1,0 +1,187 @@
+"""3-D transform files for Fiji: BigWarp 3-D landmarks CSV and the moving stack's ``-bigWarp.xml``; readers.
+
+Every writer takes the 4×4 ``fixed_to_moving`` of :mod:`clem_bridge.transforms3d` (EM voxel → LM voxel);
+every reader returns it.  Formats as in ``fiji-interop.md`` (§1, §2), in 3-D:
+
+* **BigWarp landmarks CSV**: no header, all fields quoted, 8 per row:
+  ``"Pt-n","true",moving_x,moving_y,moving_z,fixed_x,fixed_y,fixed_z`` — moving (LM) point first, each
+  in its own stack's world units (``voxel index · voxel size``, origin 0).  The points are a 3×3×3 grid
+  spanning the EM volume and their LM images, so BigWarp's *Affine* mode (least squares moving → fixed,
+  used inverted) reproduces the matrix exactly.
+* **``-bigWarp.xml``** (SpimData 0.2) for the LM stack: its ViewRegistration lists
+  ``[BigWarp: Affine (moving world → fixed world), calibration (moving voxel → moving world)]`` as
+  row-major 3×4 affines (the first listed is applied last); the TIFF is referenced through the
+  ``spimreconstruction.filemap2`` loader.
+"""
+from __future__ import annotations
+
+import csv
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .errors import InputError
+from .result import Registration
+from .schema import PixelSize
+from .transforms3d import apply_to_points3d, as_matrix4, voxel_matrix
+
+FILE_NAMES_3D = {"bigwarp_csv": "bigwarp_landmarks3d.csv", "bigwarp_xml": "moving-bigWarp.xml"}
+
+
+def _voxel(ps: Optional[PixelSize]) -> tuple[float, float, float]:
+    """(x, y, z) voxel size; 1 where unknown (BigWarp's default calibration)."""
+    if ps is None:
+        return (1.0, 1.0, 1.0)
+    return (ps.x, ps.y, ps.z if ps.z is not None else ps.x)
+
+
+def landmark_grid3d(fixed_shape, n: int = 3) -> np.ndarray:
+    """``(n³, 3)`` EM voxel points ``(x, y, z)`` on a grid spanning the volume, corners included."""
+    d, h, w = (int(s) for s in fixed_shape)
+    zs, ys, xs = np.meshgrid(np.linspace(0, d - 1, n), np.linspace(0, h - 1, n), np.linspace(0, w - 1, n),
+                             indexing="ij")
+    return np.stack([xs.ravel(), ys.ravel(), zs.ravel()], axis=1)
+
+
+def bigwarp_landmarks3d(fixed_to_moving, fixed_shape, *, fixed_pixel_size: Optional[PixelSize] = None,
+                        moving_pixel_size: Optional[PixelSize] = None, n: int = 3) -> np.ndarray:
+    """``(N, 6)`` rows ``mx, my, mz, fx, fy, fz`` in world units (BigWarp's 3-D column order)."""
+    fixed_vox = landmark_grid3d(fixed_shape, n)
+    moving_vox = apply_to_points3d(fixed_to_moving, fixed_vox)
+    return np.hstack([moving_vox * _voxel(moving_pixel_size), fixed_vox * _voxel(fixed_pixel_size)])
+
+
+def write_bigwarp_csv3d(path, fixed_to_moving, fixed_shape, *, fixed_pixel_size: Optional[PixelSize] = None,
+                        moving_pixel_size: Optional[PixelSize] = None, n: int = 3) -> Path:
+    """Write a BigWarp 3-D landmarks CSV (moving columns first, world units) reproducing the affine."""
+    rows = bigwarp_landmarks3d(fixed_to_moving, fixed_shape, fixed_pixel_size=fixed_pixel_size,
+                               moving_pixel_size=moving_pixel_size, n=n)
+    p = Path(path)
+    with p.open("w", newline="") as f:
+        w = csv.writer(f, quoting=csv.QUOTE_ALL, lineterminator="\n")
+        for i, r in enumerate(rows):
+            w.writerow([f"Pt-{i}", "true", *(repr(float(v)) for v in r)])
+    return p
+
+
+def fit_affine3d(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares 4×4 affine with ``dst ≈ A · src`` for ``(N, 3)`` points (N ≥ 4, not coplanar)."""
+    design = np.hstack([np.asarray(src, np.float64), np.ones((len(src), 1))])
+    if len(src) < 4 or np.linalg.matrix_rank(design) < 4:
+        raise InputError("a 3-D affine needs at least 4 active landmark pairs that are not in one plane")
+    sol, *_ = np.linalg.lstsq(design, np.asarray(dst, np.float64), rcond=None)
+    return np.vstack([sol.T, [0.0, 0.0, 0.0, 1.0]])
+
+
+def read_bigwarp_csv3d(path, *, fixed_pixel_size: Optional[PixelSize] = None,
+                       moving_pixel_size: Optional[PixelSize] = None) -> np.ndarray:
+    """``fixed_to_moving`` (voxels) that BigWarp's Affine mode derives from a 3-D landmarks CSV."""
+    moving, fixed = [], []
+    try:
+        with Path(path).open(newline="") as f:
+            for i, row in enumerate(csv.reader(f)):
+                if not row:
+                    continue
+                if len(row) != 8:
+                    raise InputError(f"{path} row {i + 1} has {len(row)} fields; a 3-D BigWarp landmarks CSV has 8 "
+                                     "(name, active, moving x, y, z, fixed x, y, z)")
+                if row[1].strip().lower() == "true":
+                    vals = [float(v) for v in row[2:]]
+                    moving.append(vals[:3])
+                    fixed.append(vals[3:])
+    except InputError:
+        raise
+    except ValueError as e:
+        raise InputError(f"{path} is not a BigWarp landmarks CSV (non-numeric coordinate: {e})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read landmarks file {path}: {e}") from None
+    m, fx = np.asarray(moving, np.float64).reshape(-1, 3), np.asarray(fixed, np.float64).reshape(-1, 3)
+    if not (np.all(np.isfinite(m)) and np.all(np.isfinite(fx))):
+        raise InputError(f"{path} has active landmarks with an unset (infinite) point")
+    world = fit_affine3d(m, fx)          # moving world → fixed world (mpicbg AffineModel3D.fit)
+    return np.linalg.inv(np.linalg.inv(voxel_matrix(_voxel(fixed_pixel_size))) @ world
+                         @ voxel_matrix(_voxel(moving_pixel_size)))
+
+
+def _row_major(m: np.ndarray) -> str:
+    return " ".join(repr(float(v)) for v in as_matrix4(m)[:3].ravel())
+
+
+def write_bigwarp_xml3d(path, fixed_to_moving, moving_shape, *, moving_file: str = "moving.tif",
+                        fixed_pixel_size: Optional[PixelSize] = None,
+                        moving_pixel_size: Optional[PixelSize] = None) -> Path:
+    """Write the SpimData XML of the LM stack ``moving_file`` (relative to the XML) carrying the registration."""
+    s_m, s_f = voxel_matrix(_voxel(moving_pixel_size)), voxel_matrix(_voxel(fixed_pixel_size))
+    world = s_f @ np.linalg.inv(as_matrix4(fixed_to_moving)) @ np.linalg.inv(s_m)   # moving world → fixed world
+    d, h, w = (int(s) for s in moving_shape)
+    root = ET.Element("SpimData", version="0.2")
+    ET.SubElement(root, "BasePath", type="relative").text = "."
+    seq = ET.SubElement(root, "SequenceDescription")
+    loader = ET.SubElement(seq, "ImageLoader", format="spimreconstruction.filemap2")
+    ET.SubElement(loader, "ZGrouped").text = "false"
+    mapping = ET.SubElement(ET.SubElement(loader, "files"), "FileMapping", view_setup="0", timepoint="0",
+                            series="0", channel="0")
+    ET.SubElement(mapping, "file", type="relative").text = moving_file
+    setups = ET.SubElement(seq, "ViewSetups")
+    setup = ET.SubElement(setups, "ViewSetup")
+    ET.SubElement(setup, "id").text = "0"
+    ET.SubElement(setup, "name").text = Path(moving_file).stem
+    ET.SubElement(setup, "size").text = f"{w} {h} {d}"
+    vox = ET.SubElement(setup, "voxelSize")
+    ET.SubElement(vox, "unit").text = moving_pixel_size.unit if moving_pixel_size else "pixel"
+    ET.SubElement(vox, "size").text = " ".join(repr(float(v)) for v in np.diag(s_m)[:3])
+    ET.SubElement(ET.SubElement(setup, "attributes"), "channel").text = "0"
+    channel = ET.SubElement(ET.SubElement(setups, "Attributes", name="channel"), "Channel")
+    ET.SubElement(channel, "id").text = "0"
+    ET.SubElement(channel, "name").text = "0"
+    tps = ET.SubElement(seq, "Timepoints", type="range")
+    ET.SubElement(tps, "first").text = "0"
+    ET.SubElement(tps, "last").text = "0"
+    reg = ET.SubElement(ET.SubElement(root, "ViewRegistrations"), "ViewRegistration", timepoint="0", setup="0")
+    for name, m in (("Big Warp: Affine", world), ("calibration", s_m)):
+        vt = ET.SubElement(reg, "ViewTransform", type="affine")
+        ET.SubElement(vt, "Name").text = name
+        ET.SubElement(vt, "affine").text = _row_major(m)
+    ET.indent(root)
+    p = Path(path)
+    ET.ElementTree(root).write(p, encoding="UTF-8", xml_declaration=True)
+    return p
+
+
+def read_bigwarp_xml3d(path, *, fixed_pixel_size: Optional[PixelSize] = None) -> np.ndarray:
+    """``fixed_to_moving`` (voxels) from a moving-stack SpimData XML (its ViewRegistration maps LM voxels
+    to EM world units; ``fixed_pixel_size`` turns those into EM voxels)."""
+    try:
+        root = ET.parse(path).getroot()
+    except (ET.ParseError, OSError) as e:
+        raise InputError(f"cannot read {path} as XML: {e}") from None
+    reg = root.find("./ViewRegistrations/ViewRegistration")
+    if root.tag != "SpimData" or reg is None:
+        raise InputError(f"{path} is not a SpimData XML with a ViewRegistration")
+    model = np.eye(4)
+    for vt in reg.findall("ViewTransform"):
+        try:
+            v = [float(t) for t in vt.findtext("affine", "").split()]
+        except ValueError:
+            v = []
+        if len(v) != 12:
+            raise InputError(f"{path}: a ViewTransform <affine> must hold 12 numbers")
+        model = model @ np.vstack([np.reshape(v, (3, 4)), [0.0, 0.0, 0.0, 1.0]])
+    try:
+        return np.linalg.inv(np.linalg.inv(voxel_matrix(_voxel(fixed_pixel_size))) @ as_matrix4(model))
+    except ValueError as e:
+        raise InputError(f"{path}: {e}") from None
+
+
+def write_all3d(reg: Registration, out_dir, *, moving_file: str = "moving.tif") -> dict[str, Path]:
+    """Write the 3-D Fiji transform files of ``reg`` (ndim 3) into ``out_dir``; returns their paths by kind."""
+    if reg.ndim != 3:
+        raise InputError("write_all3d needs a 3-D registration (ndim 3)")
+    out = Path(out_dir)
+    kw = dict(fixed_pixel_size=reg.fixed_pixel_size, moving_pixel_size=reg.moving_pixel_size)
+    return {"bigwarp_csv": write_bigwarp_csv3d(out / FILE_NAMES_3D["bigwarp_csv"], reg.fixed_to_moving,
+                                               reg.fixed_shape, **kw),
+            "bigwarp_xml": write_bigwarp_xml3d(out / FILE_NAMES_3D["bigwarp_xml"], reg.fixed_to_moving,
+                                               reg.moving_shape, moving_file=moving_file, **kw)}
