@@ -58,14 +58,22 @@ class Registration:
         return np.linalg.inv(self.fixed_to_moving)
 
     def to_record(self) -> TransformRecord:
+        """The JSON record; a metric or timing that is NaN/inf (e.g. a failed ECC) is left out with a
+        warning, so the file always reads back and nobody mistakes a missing number for a good one."""
+        metrics, timings = _finite(self.metrics), _finite(self.timings)
+        dropped = sorted(set(self.metrics) - set(metrics)) + sorted(set(self.timings) - set(timings))
+        warnings = list(self.warnings)
+        if dropped:
+            warnings.append(f"could not compute {', '.join(dropped)} (not a finite number; left out)")
         return TransformRecord(
             fixed_to_moving=self.fixed_to_moving.tolist(),
             moving_to_fixed=self.moving_to_fixed.tolist(),
             fixed_shape=list(self.fixed_shape), moving_shape=list(self.moving_shape),
             pixel_size=PixelSizes(fixed=self.fixed_pixel_size, moving=self.moving_pixel_size),
-            method=self.method, params=self.params, metrics=self.metrics, timings=self.timings,
-            iterations=self.iterations, device=self.device, mi_curve=[float(v) for v in self.mi_curve],
-            warnings=list(self.warnings), status=self.outcome, ndim=self.ndim,
+            method=self.method, params=self.params, metrics=metrics, timings=timings,
+            iterations=self.iterations, device=self.device,
+            mi_curve=[float(v) for v in self.mi_curve if np.isfinite(v)],
+            warnings=warnings, status=self.status or ("uncertain" if warnings else "ok"), ndim=self.ndim,
             error_budget=self.error_budget)
 
     @classmethod
@@ -81,6 +89,10 @@ class Registration:
         p = Path(path)
         p.write_text(self.to_record().model_dump_json(indent=2))
         return p
+
+
+def _finite(values: dict) -> dict:
+    return {k: float(v) for k, v in values.items() if v is not None and np.isfinite(v)}
 
 
 def load_transform_json(path) -> Registration:
