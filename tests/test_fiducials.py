@@ -195,3 +195,17 @@ def test_landmark_bad_input():
         fit_landmarks([[0, 0], [1, 1], [2, 2], [3, 3]], [[0, 0], [1, 2], [2, 4], [3, 6]])
     with pytest.raises(InputError, match="pairs"):
         fit_landmarks([[0, 0], [1, 1], [2, 0]], [[0, 0], [1, 1]])
+
+
+def test_validate_measures_a_registration_at_the_beads():
+    from clem_bridge.fiducials.validate import validate_transform
+
+    ph = small_phantom(8)
+    beads = register_fiducials(ph.em, ph.lm, em_pixel_size=10.0, lm_pixel_size=65.0)
+    good = validate_transform(ph.fixed_to_moving, beads)
+    assert good["unit"] == "nm" and good["n_beads"] == beads.error_budget["n_matched"]
+    assert good["field_rms"] < 3 * good["field_uncertainty"] + 5
+    assert good["bead_rms"] < 3 * good["bead_localisation"]
+    off = ph.fixed_to_moving @ from_params(translation=(10, 0))           # 10 EM px = 100 nm off
+    bad = validate_transform(off, beads)
+    assert bad["field_rms"] == pytest.approx(100, abs=15) and bad["bead_rms"] == pytest.approx(100, abs=25)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
-from scipy import ndimage
 from skimage.feature import peak_local_max
 from skimage.measure import label, regionprops
 
@@ -34,6 +34,10 @@ class Candidates:
 def lm_spot_sigma_px(bead_nm: float, lm_pixel_nm: float, psf_sigma_nm: float = PSF_SIGMA_NM) -> float:
     """Expected Gaussian σ (LM pixels) of a bead's image: the PSF convolved with the projected sphere."""
     return float(np.sqrt(psf_sigma_nm ** 2 + (bead_nm / 2) ** 2 / 5) / lm_pixel_nm)
+
+
+def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    return cv2.GaussianBlur(img, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT)
 
 
 def _mad_sigma(a: np.ndarray) -> float:
@@ -70,8 +74,8 @@ def _peaks(response: np.ndarray, min_distance: int, threshold: float, border: in
 def detect_lm_spots(lm: np.ndarray, *, sigma_px: float, snr: float = 5.0, max_spots: int = 300) -> Candidates:
     """Bright, round, diffraction-sized spots in a fluorescence image (8/16-bit or float)."""
     img = np.asarray(lm, dtype=np.float32)
-    smooth = ndimage.gaussian_filter(img, max(sigma_px * 0.5, 0.5))
-    dog = ndimage.gaussian_filter(img, sigma_px) - ndimage.gaussian_filter(img, 3 * sigma_px)
+    smooth = _blur(img, max(sigma_px * 0.5, 0.5))
+    dog = _blur(img, sigma_px) - _blur(img, 3 * sigma_px)
     noise = _mad_sigma(dog)
     xy, score = _peaks(dog, int(round(1.5 * sigma_px)), float(np.median(dog) + snr * noise),
                        int(np.ceil(1.5 * sigma_px)), max_spots)
@@ -90,9 +94,9 @@ def detect_em_discs(em: np.ndarray, *, radius_px: float, polarity: str = "auto",
         raise ValueError(f"polarity must be auto, dark or bright, got {polarity!r}")
     img = np.asarray(em, dtype=np.float32)
     s = max(radius_px / np.sqrt(2), 1.0)
-    log = ndimage.gaussian_laplace(img, s) * s * s          # > 0 at dark blobs
+    log = cv2.Laplacian(_blur(img, s), cv2.CV_32F, borderType=cv2.BORDER_REFLECT) * s * s  # > 0 at dark blobs
     noise = _mad_sigma(log)
-    smooth = ndimage.gaussian_filter(img, max(0.5 * radius_px, 1.0))
+    smooth = _blur(img, max(0.5 * radius_px, 1.0))
     half = int(np.ceil(2 * radius_px + 2))
     area = np.pi * radius_px ** 2
     found = {}

@@ -190,9 +190,10 @@ def register_fiducials(em: np.ndarray, lm: np.ndarray, *, em_pixel_size: PixelSi
         warnings.append(f"the fitted scale differs from the pixel sizes' ratio by {100 * (scale - 1):+.1f} %; "
                         "check the calibration")
     status = None
-    if len(k) == 3 and min(len(fixed), len(moving)) >= 6:
+    if len(k) == 3 and min(len(fixed), len(moving)) >= 4:
         status = "failed"
-        warnings.append(f"only 3 of {len(fixed)} EM and {len(moving)} LM beads matched: probably a chance match")
+        warnings.append(f"only 3 of {len(fixed)} EM and {len(moving)} LM beads matched: three points can match by "
+                        "chance, so this transform is unverified")
     if len(k) < len(match.pairs):
         warnings.append(f"{len(match.pairs) - len(k)} matched bead pair(s) rejected as outliers")
     budget = bud.error_budget(sigma_em=sigma_em, sigma_lm=sigma_lm, sigma_alignment=sigma_a, fre=fre,
