@@ -67,6 +67,18 @@ def write_bigwarp_csv(path, fixed_to_moving, fixed_shape, *, fixed_pixel_size: O
     """Write a BigWarp 2-D landmarks CSV (moving columns first, world units) reproducing the affine."""
     rows = bigwarp_landmarks(fixed_to_moving, fixed_shape, fixed_pixel_size=fixed_pixel_size,
                              moving_pixel_size=moving_pixel_size, n=n)
+    return _write_landmark_rows(path, rows)
+
+
+def write_landmark_pairs_csv(path, moving_px, fixed_px, *, fixed_pixel_size: Optional[PixelSize] = None,
+                             moving_pixel_size: Optional[PixelSize] = None) -> Path:
+    """Write point pairs given in pixels (e.g. matched fiducial beads) as a BigWarp 2-D landmarks CSV."""
+    moving_px, fixed_px = np.asarray(moving_px, float).reshape(-1, 2), np.asarray(fixed_px, float).reshape(-1, 2)
+    return _write_landmark_rows(path, np.hstack([apply_to_points(_scale(moving_pixel_size), moving_px),
+                                                 apply_to_points(_scale(fixed_pixel_size), fixed_px)]))
+
+
+def _write_landmark_rows(path, rows: np.ndarray) -> Path:
     p = Path(path)
     with p.open("w", newline="") as f:
         w = csv.writer(f, quoting=csv.QUOTE_ALL, lineterminator="\n")

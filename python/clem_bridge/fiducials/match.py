@@ -86,8 +86,8 @@ def match_points(fixed: np.ndarray, moving: np.ndarray, *, radius: float, scale=
     empty = Match(np.zeros((0, 2), int), np.eye(3), False, 0)
     if len(f) < 3 or len(m) < 3:
         return empty
-    kf, tf, of, sf = _triangles(f[:max_points], 2 * key_tol, 2 * radius)
-    km, tm, om, sm = _triangles(m[:max_points], 2 * key_tol,
+    kf, tf, of, sf = _triangles(f[:max_points], key_tol, 2 * radius)
+    km, tm, om, sm = _triangles(m[:max_points], key_tol,
                                 2 * radius / (scale * (1 + scale_tol)) if scale else 0.0)
     if len(kf) == 0 or len(km) == 0:
         return empty

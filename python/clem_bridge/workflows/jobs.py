@@ -23,6 +23,7 @@ from typing import Callable
 
 from ..progress import CancelFn, ProgressFn
 from .correlate import prepare_correlate, run_correlate
+from .fiducials import prepare_fiducials, run_fiducials
 from .predict import loaded_models, prepare_predict, run_predict
 from .register import apply_transform, prepare_register, run_register
 
@@ -40,6 +41,7 @@ JOB_TYPES: dict[str, JobType] = {
     "register": JobType(prepare=prepare_register, run=run_register),
     "predict_chromatin": JobType(prepare=prepare_predict, run=run_predict),
     "correlate": JobType(prepare=prepare_correlate, run=run_correlate),
+    "fiducials": JobType(prepare=prepare_fiducials, run=run_fiducials),
 }
 
 __all__ = ["JOB_TYPES", "JobType", "apply_transform", "loaded_models"]
