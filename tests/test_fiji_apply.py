@@ -252,7 +252,7 @@ def test_failed_status_exits_3_on_the_command_line_only(case, tmp_path):
     in the log, exit code 3 on the headless command line, none inside a host."""
     reg = Registration(fixed_to_moving=case["reg"].fixed_to_moving, fixed_shape=case["em"].shape,
                        moving_shape=case["lm"].shape[1:], method="truth", status="failed",
-                       warnings=["only 3 stained nuclei in common"])
+                       warnings=["only 3 stained nuclei in common", 'fitted scale [0.5, 2] is "free"'])
     reg.save_json(tmp_path / "transform.json")
     script = tmp_path / "Report_Status.py"
     script.write_text(f"""import json
@@ -266,3 +266,10 @@ status = host.run_command("Report_Status.py", lambda: host.report(*(host.outcome
     hosted = run_script(case["app"], script, host=True)
     assert hosted.returncode == 0 and "CLEM test: status failed" in hosted.stdout
     assert "HOST_STILL_RUNNING" in hosted.stdout
+    # Apply CLEM Transform (Groovy) applies it but logs its status and warnings
+    r = run_script(case["app"], "Apply_CLEM_Transform.groovy",
+                   f'image_file="{case["root"] / "lm.tif"}",target_file="{case["root"] / "em.tif"}",'
+                   f'transform_file="{tmp_path / "transform.json"}",out_file="{tmp_path / "w.tif"}"')
+    assert r.returncode == 0 and (tmp_path / "w.tif").is_file(), r.stderr
+    assert 'warning: only 3 stained nuclei in common\nwarning: fitted scale [0.5, 2] is "free"\n' in r.stdout
+    assert "the registration behind transform.json has status failed" in r.stdout

@@ -183,7 +183,8 @@ def test_wrong_token_and_server_side_error(env, tmp_path):
 def test_deepclem_says_when_the_server_lacks_the_model(env, tmp_path):
     root = env["root"]
     r = run_script(env["app"], "DeepCLEM_Correlate.py",
-                   f'em_file="{root / "a_em.tif"}",chromatin_file="{root / "a_lm.tif"}",chromatin_channel=0,model="no-such-model",'
+                   f'em_file="{root / "a_em.tif"}",chromatin_file="{root / "a_lm.tif"}",chromatin_channel=0,'
+                   'model="no-such-model",'
                    f'server_url="{env["url"]}",token="{TOKEN}",out_dir="{tmp_path}"')
     assert_clean_failure(r, "lacks the DeepCLEM chromatin model 'no-such-model'")
 
