@@ -9,12 +9,14 @@ import typer
 from typer.testing import CliRunner
 
 from clem_bridge.cli import register3d as cli3d
+from clem_bridge.errors import InputError
 from clem_bridge.export3d import read_bigwarp_csv3d
 from clem_bridge.result import load_transform_json
 from clem_bridge.schema import PixelSize
 from clem_bridge.transforms3d import tre3d_components, valid_mask3d, warp_volume
 from clem_bridge.volume.phantom import make_phantom3d
 from clem_bridge.volume.stack_io import read_stack, write_stack
+from clem_bridge.workflows.register3d import wants_3d
 
 GEOMETRY = dict(em_shape=(16, 64, 64), em_voxel=(0.15, 0.15, 0.3), lm_shape=(10, 64, 64), lm_voxel=(0.3, 0.3, 2.0),
                 psf_sigma_um=(0.15, 0.15, 0.8), cell_size=4.5)
@@ -85,3 +87,12 @@ def test_register3d_bad_input(app, stacks, tmp_path):
     res = runner.invoke(app, ["register3d", str(em_path), str(lm_path), "--out", str(tmp_path / "o"),
                               "--reg-channel", "5"])
     assert res.exit_code == 2 and "channel 5" in res.output
+
+
+def test_register_dispatch(stacks, tmp_path):
+    _, em_path, lm_path = stacks
+    flat = tmp_path / "flat.tif"
+    tifffile.imwrite(flat, np.zeros((32, 32), np.uint8), imagej=True)
+    assert wants_3d(em_path, lm_path) and not wants_3d(flat, flat) and wants_3d(flat, flat, force=True)
+    with pytest.raises(InputError, match="Z stack but flat.tif is a 2-D image"):
+        wants_3d(em_path, flat)
