@@ -9,7 +9,6 @@ reuse, and every failure path (server down, wrong token, server-side error, miss
 import csv
 import os
 import re
-import shutil
 import signal
 import socket
 import time
@@ -237,13 +236,11 @@ def test_local_url_without_a_recorded_server_is_one_clear_line(env):
 
 
 def test_local_url_starts_the_recorded_server(tmp_path):
-    """Nothing answers at a local URL: the command starts the clem-bridge recorded next to the scripts on that
-    port, waits for /v1/health and says so; the next command finds it running."""
-    exe = shutil.which("clem-bridge")
-    if exe is None:
-        pytest.skip("the clem-bridge executable is not on PATH")
+    """Nothing answers at a local URL: the command starts the clem-bridge that install-fiji recorded next to
+    the scripts on that port, waits for /v1/health and says so; the next command finds it running."""
     app = make_fiji_app(tmp_path)
-    (app / "jars" / "Lib" / "clem_bridge_server.txt").write_text(f"# clem-bridge install-fiji\n{exe}\n")
+    config = (app / "jars" / "Lib" / "clem_bridge_server.txt").read_text().splitlines()
+    exe = " ".join(w for w in config if w.strip() and not w.startswith("#"))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     home = {"HOME": str(tmp_path)}  # the started server keeps its jobs in ~/.clem-bridge/server
