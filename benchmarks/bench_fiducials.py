@@ -11,7 +11,7 @@ A second set (``sparse_dim``: 6–10 beads, dim, more debris and LM-only beads) 
 as an error or a ``failed``/``uncertain`` status, never as a silently wrong ``ok``.
 Usage::
 
-    OMP_NUM_THREADS=2 python benchmarks/bench_fiducials.py [--cases 50] [--out benchmarks/results/bench_fiducials-2core-cpu.json]
+    OMP_NUM_THREADS=2 python benchmarks/bench_fiducials.py [--cases 50] [--hard-cases 30] [--out FILE.json]
 """
 from __future__ import annotations
 

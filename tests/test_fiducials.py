@@ -153,7 +153,7 @@ def test_fit_landmarks_with_error_report():
     lm = apply_to_points(f2m, em) + rng.normal(0, 0.1, (10, 2))
     reg = fit_landmarks(em, lm, fixed_pixel_size=10.0, moving_pixel_size=65.0, fixed_shape=(512, 512),
                         moving_shape=(120, 160))
-    assert reg.method == "landmarks" and reg.params["mirrored"]
+    assert reg.method == "landmarks" and reg.params["mirrored"] and reg.outcome == "ok", reg.warnings
     assert tre(reg.fixed_to_moving, f2m, (512, 512), step=16) < 0.1
     b = reg.error_budget
     assert b["n_matched"] == 10 and b["sigma_em_nm"] is None

@@ -12,7 +12,7 @@ from clem_bridge.fiducials.simulate import make_bead_phantom
 from clem_bridge.io import write_tiff
 from clem_bridge.result import load_transform_json
 from clem_bridge.schema import PixelSize
-from clem_bridge.transforms import apply_to_points, from_params, tre
+from clem_bridge.transforms import from_params, tre
 
 from server_utils import app_client
 

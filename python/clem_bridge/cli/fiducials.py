@@ -71,8 +71,9 @@ def add_commands(app) -> None:
                 raise InputError(f"--polarity must be auto, dark or bright (got {polarity!r})")
             if localisation not in ("quadratic", "gaussian"):
                 raise InputError(f"--localisation must be quadratic or gaussian (got {localisation!r})")
-            reg = fiducials_files(em, lm, out, lm_channel=lm_channel, bead_nm=bead_nm, model=model, polarity=polarity,
-                                  localisation=localisation, em_pixel_size=_pixel_size(em_pixel_size, "--em-pixel-size"),
+            reg = fiducials_files(em, lm, out, lm_channel=lm_channel, bead_nm=bead_nm, model=model,
+                                  polarity=polarity, localisation=localisation,
+                                  em_pixel_size=_pixel_size(em_pixel_size, "--em-pixel-size"),
                                   lm_pixel_size=_pixel_size(lm_pixel_size, "--lm-pixel-size"))
             _print_budget(reg, out, (TRANSFORM_JSON, WARPED_TIFF, OVERLAY_PNG, TRE_MAP_PNG, FUSION_PNG, BEADS_CSV))
 

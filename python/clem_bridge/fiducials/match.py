@@ -188,8 +188,8 @@ def _solve(src, dst, w, model, mirrored):
 @dataclass
 class PointFit:
     """A weighted fit ``src → dst``: ``matrix`` (3×3), kept point indices ``inliers``, the parameter
-    covariance ``cov`` (scaled by the observed χ² when that is larger or well determined), the
-    reduced ``chi2``, the applied variance ``factor``, and what is needed to predict the error at any point (:meth:`predicted_sigma`)."""
+    covariance ``cov`` (scaled by the observed χ² when that is larger or well determined), the reduced
+    ``chi2``, the applied variance ``factor``, and what :meth:`predicted_sigma` needs (model, mirror, angle)."""
     matrix: np.ndarray
     inliers: np.ndarray
     cov: np.ndarray

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Optional, Union
 
 import numpy as np
@@ -12,7 +13,7 @@ from ..io import check_image, convert_length, normalize_unit
 from ..result import Registration
 from ..schema import PixelSize
 from . import budget as bud
-from .detect import detect_em_discs, detect_lm_spots, lm_spot_sigma_px
+from .detect import PSF_SIGMA_NM, detect_em_discs, detect_lm_spots, lm_spot_sigma_px
 from .localise import localise_gaussian, localise_quadratic
 from .match import MODELS, PointFit, check_spread, fit_points, map_points, match_points
 
@@ -67,8 +68,21 @@ def tre_grid(error_budget: dict, em_shape, n: int = GRID) -> np.ndarray:
     return predicted_tre(error_budget, np.stack([xs.ravel(), ys.ravel()], 1)).reshape(n, n)
 
 
-def _report(src, dst, sig_src, sig_dst, model, mirrored, *, em_shape, src_scale, dst_scale, unit, reject):
-    """Fit src (moving units) → dst (fixed units) and build the error budget, pairs and warnings."""
+@dataclass
+class _Report:
+    fit: PointFit
+    scale: float                # fitted similarity scale, fixed units per moving unit
+    sigma_alignment: float
+    fre: float
+    tre_loo: Optional[float]
+    expected_loo: Optional[float]
+    pairs: list
+    entry: dict                 # the budget's "fit" entry
+    grid: np.ndarray            # predicted TRE over the EM field
+
+
+def _report(src, dst, sig_src, sig_dst, model, mirrored, *, em_shape, src_scale, dst_scale, reject) -> _Report:
+    """Fit src (moving units) → dst (fixed units); residuals, leave-one-out errors and the predicted TRE."""
     check_spread(dst)
     s0 = fit_points(src, dst, np.hypot(sig_dst, sig_src), model="similarity", mirrored=mirrored, reject=False)
     scale = float(np.sqrt(abs(np.linalg.det(s0.matrix[:2, :2]))))
@@ -80,25 +94,28 @@ def _report(src, dst, sig_src, sig_dst, model, mirrored, *, em_shape, src_scale,
     loo = bud.leave_one_out(src[k], dst[k], sig[k], model=model, mirrored=mirrored)
     entry = _budget_fit(fit, src_scale, dst_scale)
     grid = tre_grid({"fit": entry}, em_shape)
-    sigma_a = bud.rms(grid)
-    expected_loo = bud.rms(np.sqrt(sig[k] ** 2 * fit.factor + predicted_tre({"fit": entry}, dst[k] / dst_scale) ** 2))
+    at_beads = predicted_tre({"fit": entry}, dst[k] / dst_scale)
     pairs = [{"fixed_px": [float(v) for v in dst[i] / dst_scale], "moving_px": [float(v) for v in src[i] / src_scale],
-              "residual": round(float(r), 3), "loo": None if not np.isfinite(l) else round(float(l), 3)}
-             for i, r, l in zip(k, res, loo)]
-    return fit, scale, sigma_a, bud.rms(res), bud.rms(loo), expected_loo, pairs, entry, grid
+              "residual": round(float(r), 3), "loo": None if not np.isfinite(e) else round(float(e), 3)}
+             for i, r, e in zip(k, res, loo)]
+    return _Report(fit, scale, bud.rms(grid), bud.rms(res), bud.rms(loo),
+                   bud.rms(np.sqrt(sig[k] ** 2 * fit.factor + at_beads ** 2)), pairs, entry, grid)
 
 
-def _warnings(n, fit, tre_loo, expected_loo, unit):
+def _warnings(n: int, rep: _Report, unit: str, sigma_known: bool = True) -> list[str]:
     out = []
     if n < MIN_CONFIDENT_PAIRS:
         out.append(f"only {n} point pairs fit the transform; the error estimate is rough (use "
                    f"{MIN_CONFIDENT_PAIRS}+ beads spread over the field)")
-    if np.sqrt(fit.chi2) > MAX_CHI:
-        out.append(f"the residuals are {np.sqrt(fit.chi2):.1f}x the localisation precision: wrong pairs, distortion "
-                   f"or a too simple model ({fit.model})")
-    if tre_loo is not None and expected_loo and tre_loo > 2.5 * expected_loo:
-        out.append(f"leave-one-out error {tre_loo:.1f} {unit} is much larger than the predicted "
-                   f"{expected_loo:.1f} {unit}: the points do not agree with a {fit.model} transform "
+    if not sigma_known:
+        return out
+    chi = float(np.sqrt(rep.fit.chi2))
+    if chi > MAX_CHI:
+        out.append(f"the residuals are {chi:.1f}x the localisation precision: wrong pairs, distortion or a too "
+                   f"simple model ({rep.fit.model})")
+    if rep.tre_loo is not None and rep.expected_loo and rep.tre_loo > 2.5 * rep.expected_loo:
+        out.append(f"leave-one-out error {rep.tre_loo:.1f} {unit} is much larger than the predicted "
+                   f"{rep.expected_loo:.1f} {unit}: the points do not agree with a {rep.fit.model} transform "
                    "(distortion, or a wrong pair)")
     return out
 
@@ -107,7 +124,7 @@ def register_fiducials(em: np.ndarray, lm: np.ndarray, *, em_pixel_size: PixelSi
                        lm_pixel_size: PixelSizeLike, bead_nm: float = 200.0, model: Optional[str] = None,
                        polarity: str = "auto", localisation: str = "quadratic", bead_px: Optional[float] = None,
                        lm_spot_px: Optional[float] = None, allow_mirror: bool = True,
-                       psf_sigma_nm: float = 170.0) -> Registration:
+                       psf_sigma_nm: float = PSF_SIGMA_NM) -> Registration:
     """Register the LM onto the EM by fiducial beads visible in both, with an error budget.
 
     Beads: dark or bright discs of ``bead_nm`` in the EM (``polarity``), bright spots in the LM.
@@ -178,16 +195,15 @@ def register_fiducials(em: np.ndarray, lm: np.ndarray, *, em_pixel_size: PixelSi
                          f"LM ({len(moving)} beads); at least 3 are needed")
     t_match = time.perf_counter() - t0 - t_detect
     fi, mi = match.pairs[:, 0], match.pairs[:, 1]
-    fit, scale, sigma_a, fre, tre_loo, expected_loo, pairs, entry, grid = _report(
-        moving[mi], fixed[fi], sig_m[mi], sig_f[fi], model, match.mirrored, em_shape=em.shape,
-        src_scale=ms, dst_scale=es, unit=unit, reject=True)
-    k, c = fit.inliers, np.sqrt(fit.factor)     # c > 1: the residuals show the fit-based precisions too small
-    for p, j in zip(pairs, k):
+    rep = _report(moving[mi], fixed[fi], sig_m[mi], sig_f[fi], model, match.mirrored, em_shape=em.shape,
+                  src_scale=ms, dst_scale=es, reject=True)
+    k, c = rep.fit.inliers, np.sqrt(rep.fit.factor)   # c > 1: the residuals show the fit-based precisions too small
+    for p, j in zip(rep.pairs, k):
         p.update({"sigma_em": round(float(c * sig_f[fi][j]), 3), "sigma_lm": round(float(c * sig_m[mi][j]), 3)})
-    sigma_em, sigma_lm = c * float(np.median(sig_f[fi][k])), c * float(np.median(sig_m[mi][k] * scale))
-    warnings = _warnings(len(k), fit, tre_loo, expected_loo, unit)
-    if calibrated and abs(scale - 1) > MAX_SCALE_DEVIATION:
-        warnings.append(f"the fitted scale differs from the pixel sizes' ratio by {100 * (scale - 1):+.1f} %; "
+    sigma_em, sigma_lm = c * float(np.median(sig_f[fi][k])), c * float(np.median(sig_m[mi][k] * rep.scale))
+    warnings = _warnings(len(k), rep, unit)
+    if calibrated and abs(rep.scale - 1) > MAX_SCALE_DEVIATION:
+        warnings.append(f"the fitted scale differs from the pixel sizes' ratio by {100 * (rep.scale - 1):+.1f} %; "
                         "check the calibration")
     status = None
     if len(k) == 3 and min(len(fixed), len(moving)) >= 4:
@@ -196,16 +212,18 @@ def register_fiducials(em: np.ndarray, lm: np.ndarray, *, em_pixel_size: PixelSi
                         "chance, so this transform is unverified")
     if len(k) < len(match.pairs):
         warnings.append(f"{len(match.pairs) - len(k)} matched bead pair(s) rejected as outliers")
-    budget = bud.error_budget(sigma_em=sigma_em, sigma_lm=sigma_lm, sigma_alignment=sigma_a, fre=fre,
-                              tre_loo=tre_loo, pairs=pairs, unit=unit, tre_loo_expected=expected_loo,
-                              tre_max=float(grid.max()), n_em_beads=len(fixed), n_lm_beads=len(moving),
-                              mirrored=bool(match.mirrored), fit=entry)
-    m2f_px = np.diag([1 / es, 1 / es, 1.0]) @ fit.matrix @ np.diag([ms, ms, 1.0])
+    budget = bud.error_budget(sigma_em=sigma_em, sigma_lm=sigma_lm, sigma_alignment=rep.sigma_alignment,
+                              fre=rep.fre, tre_loo=rep.tre_loo, pairs=rep.pairs, unit=unit,
+                              tre_loo_expected=rep.expected_loo, tre_max=float(rep.grid.max()),
+                              n_em_beads=len(fixed), n_lm_beads=len(moving), mirrored=bool(match.mirrored),
+                              fit=rep.entry)
+    m2f_px = np.diag([1 / es, 1 / es, 1.0]) @ rep.fit.matrix @ np.diag([ms, ms, 1.0])
     metrics = {"n_matched": float(len(k)), "n_em_beads": float(len(fixed)), "n_lm_beads": float(len(moving)),
-               f"fre_{unit}": fre, f"sigma_alignment_{unit}": sigma_a,
-               f"sigma_total_{unit}": budget[f"sigma_total_{unit}"], "scale_vs_calibration": scale, "chi": float(np.sqrt(fit.chi2))}
-    if tre_loo is not None:
-        metrics[f"tre_loo_{unit}"] = tre_loo
+               f"fre_{unit}": rep.fre, f"sigma_alignment_{unit}": rep.sigma_alignment,
+               f"sigma_total_{unit}": budget[f"sigma_total_{unit}"], "scale_vs_calibration": rep.scale,
+               "chi": float(np.sqrt(rep.fit.chi2))}
+    if rep.tre_loo is not None:
+        metrics[f"tre_loo_{unit}"] = rep.tre_loo
     return Registration(
         fixed_to_moving=np.linalg.inv(m2f_px), fixed_shape=tuple(em.shape), moving_shape=tuple(lm.shape),
         method="fiducials", params={"bead_nm": bead_nm, "model": model, "polarity": em_c.polarity,
@@ -223,7 +241,8 @@ def fit_landmarks(fixed_pts, moving_pts, *, fixed_pixel_size: PixelSizeLike = No
     """Fit clicked landmark pairs (pixel coordinates, ``fixed`` = EM, ``moving`` = LM) with the error report.
 
     Click precision is unknown unless ``sigma_fixed``/``sigma_moving`` (nm, or px when uncalibrated) are
-    given; the alignment error is then scaled by the observed residuals (FRE).  No pair is dropped.
+    given; the alignment error is then scaled by the observed residuals (FRE), and ``sigma_total`` covers the
+    alignment only.  No pair is dropped.
     ``fixed_shape`` (default: the landmarks' extent) is the field the TRE is averaged over.
     """
     f, mv = np.asarray(fixed_pts, float).reshape(-1, 2), np.asarray(moving_pts, float).reshape(-1, 2)
@@ -246,22 +265,19 @@ def fit_landmarks(fixed_pts, moving_pts, *, fixed_pixel_size: PixelSizeLike = No
     check_spread(f, "the fixed landmarks")
     check_spread(mv, "the moving landmarks")
     det = np.linalg.det(fit_points(mv, f, np.ones(len(f)), model="affine", reject=False).matrix[:2, :2])
-    sf = np.full(len(f), sigma_fixed if sigma_fixed else 0.0)
-    sm = np.full(len(f), sigma_moving if sigma_moving else 0.0)
-    if not (sigma_fixed or sigma_moving):
-        sf[:] = 1.0                       # unit weights; the covariance is then scaled by the residuals
-    fit, scale, sigma_a, fre, tre_loo, expected_loo, pairs, entry, grid = _report(
-        mv * ms, f * es, sm, sf, model, bool(det < 0), em_shape=fixed_shape, src_scale=ms, dst_scale=es,
-        unit=unit, reject=False)
-    warnings = _warnings(len(f), fit, tre_loo if (sigma_fixed or sigma_moving) else None, expected_loo, unit)
-    budget = bud.error_budget(sigma_em=sigma_fixed, sigma_lm=sigma_moving * scale if sigma_moving else None,
-                              sigma_alignment=sigma_a, fre=fre, tre_loo=tre_loo, pairs=pairs, unit=unit,
-                              tre_max=float(grid.max()), mirrored=bool(det < 0), fit=entry)
-    m2f_px = np.diag([1 / es, 1 / es, 1.0]) @ fit.matrix @ np.diag([ms, ms, 1.0])
-    metrics = {"n_matched": float(len(f)), f"fre_{unit}": fre, f"sigma_alignment_{unit}": sigma_a}
-    if tre_loo is not None:
-        metrics[f"tre_loo_{unit}"] = tre_loo
+    known = bool(sigma_fixed or sigma_moving)
+    sf = np.full(len(f), (sigma_fixed or 0.0) if known else 1.0)   # unknown: unit weights, scaled by the residuals
+    sm = np.full(len(f), sigma_moving or 0.0)
+    rep = _report(mv * ms, f * es, sm, sf, model, bool(det < 0), em_shape=fixed_shape, src_scale=ms, dst_scale=es,
+                  reject=False)
+    budget = bud.error_budget(sigma_em=sigma_fixed, sigma_lm=sigma_moving * rep.scale if sigma_moving else None,
+                              sigma_alignment=rep.sigma_alignment, fre=rep.fre, tre_loo=rep.tre_loo, pairs=rep.pairs,
+                              unit=unit, tre_max=float(rep.grid.max()), mirrored=bool(det < 0), fit=rep.entry)
+    m2f_px = np.diag([1 / es, 1 / es, 1.0]) @ rep.fit.matrix @ np.diag([ms, ms, 1.0])
+    metrics = {"n_matched": float(len(f)), f"fre_{unit}": rep.fre, f"sigma_alignment_{unit}": rep.sigma_alignment}
+    if rep.tre_loo is not None:
+        metrics[f"tre_loo_{unit}"] = rep.tre_loo
     return Registration(fixed_to_moving=np.linalg.inv(m2f_px), fixed_shape=fixed_shape, moving_shape=moving_shape,
                         method="landmarks", params={"model": model, "mirrored": bool(det < 0)}, metrics=metrics,
                         fixed_pixel_size=_pixel_size(em_nm), moving_pixel_size=_pixel_size(lm_nm),
-                        warnings=warnings, error_budget=budget)
+                        warnings=_warnings(len(f), rep, unit, known), error_budget=budget)
