@@ -1,4 +1,5 @@
 """Image I/O: TIFF (ImageJ, OME, plain; CYX/YXC, 8/16/32-bit, RGB), PNG, JPEG; calibrated ImageJ TIFF output.
+MRC, DM3/DM4, CZI, LIF, ND2 and OME-Zarr are read through :mod:`.formats`.
 
 Every reader returns channels first, ``(C, H, W)``, in the file's own dtype, and the
 pixel size when the file states one.  Bad files raise :class:`~clem_bridge.errors.InputError`
@@ -35,11 +36,13 @@ _UNITS = {"um": "um", "µm": "um", "μm": "um", "micron": "um", "microns": "um",
 
 @dataclass
 class ImageData:
-    """An image as channels-first ``data`` (C, H, W), its ``pixel_size`` (or None) and source ``path``."""
+    """An image as channels-first ``data`` (C, H, W), its ``pixel_size`` (or None), source ``path`` and the
+    file's ``channel_names`` where it has them."""
     data: np.ndarray
     pixel_size: Optional[PixelSize]
     path: Path
     rgb: bool = False
+    channel_names: Optional[list[str]] = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -92,16 +95,26 @@ def _check_size(n: int, path: Path, max_pixels: int) -> None:
 # --- reading ---------------------------------------------------------------------------
 
 def read_image(path, *, max_pixels: int = MAX_PIXELS) -> ImageData:
-    """Read a TIFF/PNG/JPEG as ``(C, H, W)`` plus pixel size; the file type is detected from its content."""
+    """Read an image as ``(C, H, W)`` plus pixel size; the file type is detected from its content (else its
+    suffix, see :func:`.formats.kind_of`): TIFF/PNG/JPEG here, MRC, DM3/4, CZI, LIF, ND2, OME-Zarr in :mod:`.formats`."""
+    from .formats import HEAD_BYTES, kind_of, read_format
+
     p = Path(path)
-    if not p.is_file():
+    if p.is_dir() and p.suffix.lower() == ".zarr":
+        head = b""
+    elif not p.is_file():
         raise InputError(f"file not found: {p}")
-    with open(p, "rb") as fh:
-        head = fh.read(4)
-    if not head:
-        raise InputError(f"{p.name} is an empty file")
-    if head in _TIFF_MAGIC:
-        data, px, rgb = _read_tiff(p, max_pixels)
+    else:
+        with open(p, "rb") as fh:
+            head = fh.read(HEAD_BYTES)
+        if not head:
+            raise InputError(f"{p.name} is an empty file")
+    names = None
+    kind = None if head[:4] in _TIFF_MAGIC else kind_of(p, head)
+    if kind is not None:
+        data, px, rgb, names = read_format(kind, p, max_pixels)
+    elif head[:4] in _TIFF_MAGIC:
+        data, px, rgb, names = _read_tiff(p, max_pixels)
     else:
         data, px, rgb = _read_pil(p, max_pixels)
     if data.dtype == bool:
@@ -114,7 +127,7 @@ def read_image(path, *, max_pixels: int = MAX_PIXELS) -> ImageData:
         bad = int(np.count_nonzero(~np.isfinite(data)))
         if bad:
             raise InputError(f"{p.name} contains {bad} NaN/inf pixels; replace them before registering")
-    return ImageData(data=np.ascontiguousarray(data), pixel_size=px, path=p, rgb=rgb)
+    return ImageData(data=np.ascontiguousarray(data), pixel_size=px, path=p, rgb=rgb, channel_names=names)
 
 
 def read_channel(path, channel: Optional[int] = None, *, max_pixels: int = MAX_PIXELS
@@ -176,6 +189,8 @@ def _quiet_tifffile():
 
 
 def _read_tiff(p: Path, max_pixels: int):
+    from .formats import ome_channel_names
+
     try:
         with _quiet_tifffile(), tifffile.TiffFile(p) as tf:
             if not tf.series:
@@ -187,11 +202,13 @@ def _read_tiff(p: Path, max_pixels: int):
             rgb = getattr(page, "photometric", None) == tifffile.PHOTOMETRIC.RGB
             data = s.asarray()
             px = _tiff_pixel_size(tf, page)
+            names = ome_channel_names(tf.ome_metadata) if tf.is_ome and tf.ome_metadata else None
     except InputError:
         raise
     except Exception as e:
         raise InputError(f"cannot read {p.name}: truncated or damaged TIFF ({type(e).__name__}: {e})") from None
-    return _to_cyx(data, axes, shape, p, rgb), px, rgb
+    data = _to_cyx(data, axes, shape, p, rgb)
+    return data, px, rgb, names if names and len(names) == data.shape[0] else None
 
 
 def _to_cyx(data: np.ndarray, axes: str, shape, p: Path, rgb: bool) -> np.ndarray:
