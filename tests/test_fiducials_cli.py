@@ -12,7 +12,7 @@ from clem_bridge.fiducials.simulate import make_bead_phantom
 from clem_bridge.io import write_tiff
 from clem_bridge.result import load_transform_json
 from clem_bridge.schema import PixelSize
-from clem_bridge.transforms import from_params, tre
+from clem_bridge.transforms import apply_to_points, from_params, tre
 
 from server_utils import app_client
 
@@ -140,3 +140,25 @@ def _png(a):
     buf = io.BytesIO()
     Image.fromarray(a).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def test_server_landmarks_endpoint(tmp_path):
+    rng = np.random.default_rng(3)
+    f2m = from_params(rotation_deg=-70, scale=0.16, translation=(5, 8), center=(200, 150))
+    em = rng.uniform(0, 400, (8, 2))
+    lm = apply_to_points(f2m, em) + rng.normal(0, 0.05, (8, 2))
+    body = {"fixed": em.tolist(), "moving": lm.tolist(), "model": "similarity", "fixed_shape": [300, 400],
+            "moving_shape": [120, 160], "fixed_pixel_size": {"x": 10, "y": 10, "unit": "nm"},
+            "moving_pixel_size": {"x": 65, "y": 65, "unit": "nm"}}
+    with app_client(tmp_path / "data") as c:
+        r = c.post("/v1/landmarks", json=body)
+        assert r.status_code == 200, r.text
+        rec = r.json()
+        assert rec["method"] == "landmarks" and rec["status"] == "ok"
+        assert tre(np.array(rec["fixed_to_moving"]), f2m, (300, 400), step=16) < 0.1
+        assert rec["error_budget"]["n_matched"] == 8 and rec["error_budget"]["unit"] == "nm"
+        line = dict(body, fixed=[[0, 0], [1, 1], [2, 2]], moving=[[0, 0], [1, 1], [2, 2]])
+        r = c.post("/v1/landmarks", json=line)
+        assert r.status_code == 422 and "one line" in r.json()["detail"]
+        r = c.post("/v1/landmarks", json=dict(body, moving=lm[:5].tolist()))
+        assert r.status_code == 422 and "pairs" in r.json()["detail"]

@@ -177,6 +177,16 @@ def validate_files(transform_path, em_path, lm_path, out_dir, *, lm_channel: int
     return report
 
 
+def landmarks_record(fixed, moving, *, model: str = "affine", fixed_shape=None, moving_shape=None,
+                     fixed_pixel_size: Optional[PixelSize] = None, moving_pixel_size: Optional[PixelSize] = None
+                     ) -> dict:
+    """The transform JSON (dict) of clicked landmark pairs given in pixels (e.g. ImageJ multi-point ROIs)."""
+    reg = fit_landmarks(fixed, moving, model=model, fixed_shape=fixed_shape, moving_shape=moving_shape,
+                        fixed_pixel_size=fixed_pixel_size, moving_pixel_size=moving_pixel_size)
+    reg.fixed_pixel_size, reg.moving_pixel_size = fixed_pixel_size, moving_pixel_size
+    return reg.to_record().model_dump(mode="json")
+
+
 # --- server job type -------------------------------------------------------------------
 
 def prepare_fiducials(uploads: dict[str, list[Path]], params: dict, inputs_dir: Path,
