@@ -25,7 +25,7 @@ from .mine3d import Mine3DParams, refine
 from .prealign import blur_physical, lm_resolution, prealign, resample
 
 VoxelLike = Union[PixelSize, Sequence[float]]
-LOW_MI = 0.05          # final MINE estimate (nats): phantom successes end at 0.28-0.35, unrelated volumes below this
+LOW_MI = 0.05          # final MINE estimate (nats): phantom successes end at 0.15-0.35, an unrelated LM at 0.026
 LOW_HIST_MI = 0.15     # final histogram MI (method 'mi'): phantom successes 0.44, unrelated volumes 0.10
 LOW_SEARCH = 0.2       # slice-search correlation below which the pre-alignment is a guess
 MIN_OVERLAP = 0.5      # fraction of the EM volume that must map inside the LM stack
