@@ -8,11 +8,13 @@
 - OME-TIFF stays with tifffile (:mod:`.images`); :func:`ome_channel_names` gives its channel names.
 
 The kind of file is told from its content where the format has a signature (MRC ``MAP`` at byte 208,
-CZI ``ZISRAWFILE``, ND2 magic) and else from its suffix, so uploads saved under their own name work.
+CZI ``ZISRAWFILE``, ND2 magic) and else from its suffix (.mrc/.rec/.st/.ali/.map, .dm3/.dm4, .lif, .zarr),
+so uploads saved under their own name work; each bioio plugin is named, never guessed.
 :func:`write_ome_zarr` writes a ``(C, H, W)`` result as an NGFF 0.4 multiscale image (bioio-ome-zarr's writer).
 """
 from __future__ import annotations
 
+import importlib
 import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -27,30 +29,32 @@ from .images import _check_size, _to_cyx, convert_length, normalize_unit
 HEAD_BYTES = 212                                     # enough for every signature below
 MRC_SUFFIXES = {".mrc", ".mrcs", ".rec", ".st", ".ali", ".map"}
 DM_SUFFIXES = {".dm3", ".dm4"}
-BIOIO_SUFFIXES = {".czi": "CZI", ".lif": "LIF", ".nd2": "ND2", ".zarr": "OME-Zarr"}
-SUFFIXES = sorted(MRC_SUFFIXES | DM_SUFFIXES | set(BIOIO_SUFFIXES))
+BIOIO_PLUGINS = {"czi": ("CZI", "bioio_czi"), "lif": ("LIF", "bioio_lif"), "nd2": ("ND2", "bioio_nd2"),
+                 "zarr": ("OME-Zarr", "bioio_ome_zarr")}        # kind -> (label, plugin module)
 _EXTRA = "install the optional readers: pip install 'clem-bridge[formats]'"
 
 
 def kind_of(path: Path, head: bytes) -> Optional[str]:
-    """``mrc``, ``dm`` or ``bioio`` for the formats of this module; None for TIFF/PNG/JPEG (or unknown)."""
+    """``mrc``, ``dm``, ``czi``, ``lif``, ``nd2`` or ``zarr``; None for TIFF/PNG/JPEG (or unknown)."""
     if head[208:212] == b"MAP ":
         return "mrc"
-    if head.startswith(b"ZISRAWFILE") or head.startswith(b"\xda\xce\xbe\x0a"):
-        return "bioio"
+    if head.startswith(b"ZISRAWFILE"):
+        return "czi"
+    if head.startswith(b"\xda\xce\xbe\x0a"):
+        return "nd2"
     suffix = path.suffix.lower()
     if suffix in MRC_SUFFIXES:
         return "mrc"
     if suffix in DM_SUFFIXES:
         return "dm"
-    if suffix in BIOIO_SUFFIXES:
-        return "bioio"
-    return None
+    return suffix[1:] if suffix[1:] in BIOIO_PLUGINS else None
 
 
 def read_format(kind: str, path: Path, max_pixels: int):
     """``(data (C,H,W), pixel_size, rgb, channel_names)`` of a file of ``kind`` (see :func:`kind_of`)."""
-    return {"mrc": _read_mrc, "dm": _read_dm, "bioio": _read_bioio}[kind](path, max_pixels)
+    if kind in BIOIO_PLUGINS:
+        return _read_bioio(path, kind, max_pixels)
+    return {"mrc": _read_mrc, "dm": _read_dm}[kind](path, max_pixels)
 
 
 def _read_mrc(p: Path, max_pixels: int):
@@ -106,14 +110,15 @@ def _read_dm(p: Path, max_pixels: int):
     return data, px, rgb, None
 
 
-def _read_bioio(p: Path, max_pixels: int):
-    label = BIOIO_SUFFIXES.get(p.suffix.lower(), p.suffix or "this")
+def _read_bioio(p: Path, kind: str, max_pixels: int):
+    label, plugin = BIOIO_PLUGINS[kind]
     try:
         from bioio import BioImage
+        reader = importlib.import_module(plugin).Reader
     except ImportError:
         raise InputError(f"{p.name} is a {label} file; {_EXTRA}") from None
     try:
-        img = BioImage(p)
+        img = BioImage(p, reader=reader)
         dims, shape = img.dims.order, tuple(int(n) for n in img.shape)
         _check_size(int(np.prod(shape)), p, max_pixels)
         data = np.asarray(img.data)
@@ -121,9 +126,8 @@ def _read_bioio(p: Path, max_pixels: int):
         px = _bioio_pixel_size(img)
     except InputError:
         raise
-    except Exception as e:  # bioio and its plugins raise many types (UnsupportedFileFormatError, ...)
-        hint = f"; {_EXTRA}" if "Unsupported" in type(e).__name__ else ""
-        raise InputError(f"cannot read {p.name} as a {label} file ({type(e).__name__}: {str(e)[:200]}){hint}") from None
+    except Exception as e:  # bioio and its plugins raise many types for bad files
+        raise InputError(f"cannot read {p.name} as a {label} file ({type(e).__name__}: {str(e)[:200]})") from None
     rgb = "S" in dims and shape[dims.index("S")] in (3, 4)
     data = _to_cyx(data, dims, shape, p, rgb)
     if rgb:

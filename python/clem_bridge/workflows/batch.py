@@ -5,7 +5,8 @@ and ``report.html``.
 optional ``name`` (the output folder; default the EM file's stem), ``method`` (register | correlate |
 fiducials), ``extra_channels`` (LM channel files on the LM grid, separated by ``;``), ``reg_channel``
 (index or channel name), ``channels`` (LM channels to write, ``0;2``) and per-row parameters: ``preset``,
-``seed``, ``prepare``, ``psr`` (register), ``model``, ``transform`` (correlate), ``device``. An empty cell takes
+``seed``, ``prepare``, ``psr`` (register), ``model`` (correlate), ``transform`` (correlate: similarity |
+affine; fiducials: rigid | similarity | affine), ``bead_nm`` (fiducials), ``device``. An empty cell takes
 the command-line default. Or a folder with a pairing rule ``'EM_*.tif:LM_*.czi'``: the part matched by
 ``*`` pairs the files. A row that can't run (missing file, unknown column, bad value) gets an ``error``
 row in the summary saying why; the others run.
@@ -104,7 +105,8 @@ PARAMS: dict[str, tuple[Callable, tuple[str, ...]]] = {
     "reg_channel": (_channel, METHODS), "channels": (_int_list, ("register", "correlate")),
     "device": (str, ("register", "correlate")), "preset": (_choice("fast", "thesis"), ("register",)),
     "seed": (_int, ("register",)), "prepare": (_bool, ("register",)), "psr": (_float_pos, ("register",)),
-    "model": (str, ("correlate",)), "transform": (_choice("similarity", "affine"), ("correlate",)),
+    "model": (str, ("correlate",)), "transform": (_choice("rigid", "similarity", "affine"), ("correlate", "fiducials")),
+    "bead_nm": (_float_pos, ("fiducials",)),
 }
 COLUMNS = ("name", "em", "lm", "method", "extra_channels", *PARAMS)
 
@@ -267,18 +269,21 @@ def _run_correlate(pair: Pair, out: Path):
     from .correlate import correlate_files
 
     kw = {k: pair.params[k] for k in ("channels", "device", "model") if k in pair.params}
+    if pair.params.get("transform") == "rigid":
+        raise InputError("transform rigid is not available for correlate (similarity or affine)")
     return correlate_files(pair.em, pair.lm, out, extra_channel_paths=pair.extra_channels,
                            chromatin_channel_index=_channel_index(pair, pair.params.get("reg_channel")),
                            params=SearchParams(model=pair.params.get("transform", "similarity")), **kw)
 
 
 def _run_fiducials(pair: Pair, out: Path):
-    try:
-        from . import fiducials
-    except ImportError:
-        raise InputError("method fiducials needs clem_bridge.workflows.fiducials, which this install lacks") from None
-    return fiducials.fiducials_files(pair.em, pair.lm, out, extra_channel_paths=pair.extra_channels,
-                                     reg_channel=_channel_index(pair, pair.params.get("reg_channel")))
+    from .fiducials import fiducials_files
+
+    if pair.extra_channels:
+        raise InputError("method fiducials takes the LM channels of one file; drop extra_channels")
+    kw = {"bead_nm": pair.params["bead_nm"]} if "bead_nm" in pair.params else {}
+    return fiducials_files(pair.em, pair.lm, out, lm_channel=_channel_index(pair, pair.params.get("reg_channel")) or 0,
+                           model=pair.params.get("transform"), **kw)
 
 
 _RUNNERS = {"register": _run_register, "correlate": _run_correlate, "fiducials": _run_fiducials}
