@@ -209,3 +209,14 @@ def test_validate_measures_a_registration_at_the_beads():
     off = ph.fixed_to_moving @ from_params(translation=(10, 0))           # 10 EM px = 100 nm off
     bad = validate_transform(off, beads)
     assert bad["field_rms"] == pytest.approx(100, abs=15) and bad["bead_rms"] == pytest.approx(100, abs=25)
+
+
+def test_uncalibrated_images_give_an_affine_and_a_budget_in_pixels():
+    ph = small_phantom(2)
+    reg = register_fiducials(ph.em, ph.lm, em_pixel_size=None, lm_pixel_size=None, bead_px=20, lm_spot_px=2.7)
+    assert reg.params["model"] == "affine" and reg.outcome == "ok"
+    assert tre(reg.fixed_to_moving, ph.fixed_to_moving, ph.em.shape, step=16) < 0.5
+    b = reg.error_budget
+    assert b["unit"] == "px" and "sigma_total_px" in b and "sigma_total_nm" not in b
+    with pytest.raises(InputError, match="bead_px"):
+        register_fiducials(ph.em, ph.lm, em_pixel_size=None, lm_pixel_size=None)
