@@ -9,8 +9,9 @@ from PIL import Image
 from clem_bridge import synthetic as S
 from clem_bridge import transforms as T
 from clem_bridge.errors import Cancelled, InputError
-from clem_bridge.insilico.correlate import (MIN_BLOBS, NUCLEI_MAX_SHIFT, SearchParams, chromatin_channel,
-                                           count_blobs, ncc, refine_nuclei, register_chromatin)
+from clem_bridge.insilico.correlate import SearchParams, chromatin_channel, register_chromatin
+from clem_bridge.insilico.nuclei import MIN_BLOBS, NUCLEI_MAX_SHIFT, count_blobs, refine_nuclei
+from clem_bridge.insilico.score import ncc
 from clem_bridge.io import read_image
 
 SHAPE = (256, 256)

@@ -32,3 +32,14 @@ def normalize_em(em: np.ndarray, method: str = "equalize_hist") -> np.ndarray:
 def normalize_chromatin(chrom: np.ndarray) -> np.ndarray:
     """Measured chromatin → training target / correlation input: percentile normalisation (float32)."""
     return percentile_normalise(chrom, 1.0, 99.8, clip=False)
+
+
+SATURATION_PERCENTILE = 97.0   # correlation inputs are clipped here: a few very bright spots must not decide
+
+
+def correlation_input(chrom: np.ndarray) -> np.ndarray:
+    """Chromatin (predicted or measured) → correlation input: :func:`normalize_chromatin`, then clipped to
+    [0, its ``SATURATION_PERCENTILE`` percentile], so the pattern of blobs counts rather than the few brightest
+    (a prediction's strongest spots are often false positives: dense cytoplasmic granules)."""
+    a = normalize_chromatin(chrom)
+    return np.clip(a, 0.0, max(float(np.percentile(a, SATURATION_PERCENTILE)), 1e-6))

@@ -1,0 +1,189 @@
+"""Global rotation/scale/translation search of the predicted chromatin (fixed) in the measured one (moving).
+
+Both images are binned to a working size; for every rotation and scale on a grid the prediction is rotated
+and scaled into the moving frame and slid over the zero-padded chromatin with ``cv2.matchTemplate``
+(normalised cross-correlation by FFT), which gives the translation and allows partial overlap (different
+fields of view).  Each (rotation, scale) contributes its best few translation peaks.  The best candidates
+are searched again on a finer grid at a finer working size, and :func:`coarse_hypotheses` returns several
+distinct ones: the best peak is not always the right one (repeated nuclei, a prediction that is better in
+one part of the field), so the caller refines each and chooses by :func:`.score.overlap_score`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import cv2
+import numpy as np
+
+from .. import transforms as T
+from ..errors import Cancelled, InputError
+from ..progress import CancelFn
+from .score import weighted
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """Search ranges and refinement; ``scale`` is moving pixels per fixed pixel (before any pixel-size prior).
+
+    ``hypotheses``: distinct coarse results refined and compared (the best by the common score wins).
+    ``model``: ``"similarity"`` (default) or ``"affine"`` (similarity, then affine ECC).
+    ``nuclei_refinement``: finish with :func:`.nuclei.refine_nuclei` on the EM itself (when the EM is given).
+    ``scale_from_pixel_size``: when both pixel sizes are known and the fitted scale is within
+    ``SCALE_SNAP`` of their ratio, the scale is set to that ratio and rotation and shift are refined again.
+    """
+    max_rotation: float = 180.0
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    coarse_size: int = 96
+    coarse_angle_step: float = 8.0
+    coarse_scale_step: float = 0.1
+    fine_size: int = 192
+    candidates: int = 6
+    hypotheses: int = 4
+    refine_size: int = 768
+    model: str = "similarity"
+    ecc_iterations: int = 100
+    nuclei_refinement: bool = True
+    scale_from_pixel_size: bool = True
+
+
+@dataclass
+class Hypothesis:
+    """A candidate ``fixed_to_moving`` (full-resolution pixels) and its score at the stage that produced it."""
+    matrix: np.ndarray
+    score: float
+    angle: float = 0.0
+    scale: float = 1.0
+
+
+PEAKS_PER_POSE = 3        # translation peaks kept per (rotation, scale)
+DISTINCT = 0.03           # hypotheses closer than this fraction of the fixed long side (mean error) are one
+
+
+def binned(img: np.ndarray, f: float) -> tuple[np.ndarray, np.ndarray]:
+    """``img`` area-resized by factor ``f`` (at least 8 px a side) and the matrix binned → original pixels."""
+    return T.area_resize(img, T.scaled_shape(img.shape, f, min_side=8))
+
+
+def _match(fixed: np.ndarray, moving: np.ndarray, lin: np.ndarray, peaks: int = PEAKS_PER_POSE):
+    """Best translations for linear part ``lin`` (fixed→moving); list of (score, 3×3 fixed_to_moving).
+
+    The moving image is zero-padded (chromatin background) so that the warped prediction may hang over
+    its edges by half its size; windows without signal are skipped.  The score is the overlap-weighted
+    NCC of :mod:`.score` (NCC over the template window times √ of the fraction of the prediction inside the
+    chromatin image).  Peaks closer than a quarter of the template to a better one are suppressed.
+    """
+    h, w = fixed.shape
+    corners = np.array([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1]], float) @ lin.T
+    lo = np.floor(corners.min(0))
+    tw, th = (np.ceil(corners.max(0) - lo).astype(int) + 1).tolist()
+    a = np.hstack([lin, -lo[:, None]])
+    tpl = cv2.warpAffine(fixed, a, (tw, th), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+    if float(tpl.std()) < 1e-6:
+        return []
+    py = max(th // 2, th - moving.shape[0] + th // 4)
+    px = max(tw // 2, tw - moving.shape[1] + tw // 4)
+    mpad = cv2.copyMakeBorder(moving, py, py, px, px, cv2.BORDER_CONSTANT, value=0.0)
+    res = cv2.matchTemplate(mpad, tpl, cv2.TM_CCOEFF_NORMED)
+    res[~np.isfinite(res)] = -1.0
+    support = cv2.warpAffine(np.ones_like(fixed), a, (tw, th), flags=cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+    inside = cv2.copyMakeBorder(np.ones_like(moving), py, py, px, px, cv2.BORDER_CONSTANT, value=0.0)
+    covered = cv2.matchTemplate(inside, support, cv2.TM_CCORR) / max(float(support.sum()), 1e-6)
+    res = weighted(res, covered)
+    floor = 1e-2 * float(moving.std())
+    ry, rx = max(2, th // 4), max(2, tw // 4)
+    out = []
+    for _ in range(8 + peaks):
+        _, score, _, (x0, y0) = cv2.minMaxLoc(res)
+        if score <= -1.0:
+            break
+        # OpenCV scores signal-free (constant) windows as ±1 or 0: those are no peaks
+        real = float(mpad[y0:y0 + th, x0:x0 + tw].std()) > floor
+        res[max(0, y0 - (ry if real else 2)):y0 + (ry if real else 2) + 1,
+            max(0, x0 - (rx if real else 2)):x0 + (rx if real else 2) + 1] = -1.0
+        if real:
+            m = np.eye(3)
+            m[:2, :2] = lin
+            m[:2, 2] = [x0 - px - lo[0], y0 - py - lo[1]]
+            out.append((float(score), m))
+            if len(out) >= peaks:
+                break
+    return out
+
+
+def _lin(angle: float, scale: float) -> np.ndarray:
+    t = np.deg2rad(angle)
+    return scale * np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+
+
+def _grid_search(fixed, moving, angles, scales, prior: np.ndarray, cancelled=None) -> list[Hypothesis]:
+    """Score every (angle, scale) → hypotheses in these images' pixels."""
+    out = []
+    for a in angles:
+        if cancelled is not None and cancelled():
+            raise Cancelled("correlation was cancelled")
+        for s in scales:
+            out += [Hypothesis(m, score, float(a), float(s)) for score, m in _match(fixed, moving, _lin(a, s) @ prior)]
+    return out
+
+
+def _angles(center: float, half: float, step: float) -> np.ndarray:
+    if half >= 180.0:
+        return np.arange(-180.0, 180.0, step)
+    n = int(np.ceil(half / step))
+    return center + step * np.arange(-n, n + 1)
+
+
+def distinct(hyps: list[Hypothesis], shape, limit: int) -> list[Hypothesis]:
+    """The best ``limit`` hypotheses (by score) that differ by more than ``DISTINCT`` of the long side of
+    ``shape`` (the grid ``matrix`` maps from)."""
+    keep: list[Hypothesis] = []
+    for h in sorted(hyps, key=lambda r: -r.score):
+        if all(T.tre(h.matrix, k.matrix, shape, step=16) > DISTINCT * max(shape) for k in keep):
+            keep.append(h)
+        if len(keep) >= limit:
+            break
+    return keep
+
+
+def coarse_hypotheses(fixed: np.ndarray, moving: np.ndarray, params: SearchParams = SearchParams(),
+                      prior_scale: float = 1.0, cancelled: Optional[CancelFn] = None) -> list[Hypothesis]:
+    """Global rotation/scale/translation search; up to ``params.hypotheses`` distinct hypotheses
+    (``fixed_to_moving`` in full pixels), best coarse score first.
+
+    ``prior_scale`` (e.g. fixed / moving pixel size) multiplies the searched ``params.scale_range``.
+    """
+    best: list[Hypothesis] = []
+    lo, hi = params.scale_range
+    # the fixed image sets the working size; the moving one is binned to the same physical pixel size
+    stages = [(params.coarse_size, params.coarse_angle_step, params.coarse_scale_step, None),
+              (params.fine_size, params.coarse_angle_step / 4, params.coarse_scale_step / 4, params.candidates)]
+    for size, astep, sstep, keep in stages:
+        f = min(1.0, size / max(fixed.shape))
+        fw, bf = binned(fixed, f)
+        mw, bm = binned(moving, min(1.0, f / prior_scale))
+        prior = np.linalg.inv(bm[:2, :2]) @ (prior_scale * bf[:2, :2])
+        if keep is None:
+            n = max(1, int(np.ceil(np.log(hi / lo) / np.log1p(sstep))))
+            scales = np.geomspace(lo, hi, n + 1)
+            found = _grid_search(fw, mw, _angles(0.0, params.max_rotation, astep), scales, prior, cancelled)
+        else:
+            found = []
+            for h in best[:keep]:
+                angles = _angles(h.angle, 2 * astep, astep)
+                scales = h.scale * np.exp(np.log1p(sstep) * np.arange(-2, 3))
+                found += _grid_search(fw, mw, angles, scales, prior, cancelled)
+        if not found:
+            raise InputError("the chromatin image is too small for this EM field of view at the searched scales")
+        best = distinct(found, fw.shape, max(params.candidates, params.hypotheses))
+    for h in best:
+        h.matrix = T.compose(bm, h.matrix, np.linalg.inv(bf))
+    return best[:params.hypotheses]
+
+
+def coarse_search(fixed: np.ndarray, moving: np.ndarray, params: SearchParams = SearchParams(),
+                  prior_scale: float = 1.0, cancelled: Optional[CancelFn] = None) -> tuple[np.ndarray, float]:
+    """The best coarse hypothesis: (``fixed_to_moving`` in full pixels, coarse score)."""
+    h = coarse_hypotheses(fixed, moving, params, prior_scale, cancelled)[0]
+    return h.matrix, h.score
