@@ -220,3 +220,12 @@ def test_uncalibrated_images_give_an_affine_and_a_budget_in_pixels():
     assert b["unit"] == "px" and "sigma_total_px" in b and "sigma_total_nm" not in b
     with pytest.raises(InputError, match="bead_px"):
         register_fiducials(ph.em, ph.lm, em_pixel_size=None, lm_pixel_size=None)
+
+
+def test_lm_spot_size_adapts_to_a_sharper_psf():
+    ph = small_phantom(0, psf_sigma_nm=80.0)                     # spots σ 1.4 px, predicted 2.7 px
+    true_sigma = np.sqrt(80.0 ** 2 + 100.0 ** 2 / 5) / 65.0
+    c = detect_lm_spots(ph.lm, sigma_px=2.7)
+    assert c.sigma_px == pytest.approx(true_sigma, rel=0.15)
+    d = np.linalg.norm(c.xy[:, None] - ph.lm_beads[None], axis=2).min(1)
+    assert np.all(d < 2) and len(c.xy) >= len(ph.lm_beads) - 1

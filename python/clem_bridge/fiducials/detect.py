@@ -9,6 +9,7 @@ half-maximum region has the expected area (×0.45–2.2) and is round (eccentric
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -24,11 +25,13 @@ MIN_SOLIDITY = 0.85
 @dataclass
 class Candidates:
     """Integer peak positions ``xy`` (N, 2) as (x, y), their band-pass ``score`` (N,), the ``signal``
-    image the peaks are bright in (for localisation) and the EM ``polarity`` that was used."""
+    image the peaks are bright in (for localisation), the ``polarity`` used and the blob size used
+    (``sigma_px``: LM spot σ, or EM disc radius)."""
     xy: np.ndarray
     score: np.ndarray
     signal: np.ndarray
     polarity: str = "bright"
+    sigma_px: float = 0.0
 
 
 def lm_spot_sigma_px(bead_nm: float, lm_pixel_nm: float, psf_sigma_nm: float = PSF_SIGMA_NM) -> float:
@@ -45,8 +48,8 @@ def _mad_sigma(a: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(sub - np.median(sub)))) or float(sub.std()) or 1.0
 
 
-def _round_blob(signal: np.ndarray, x: int, y: int, half: int, expected_area: float) -> bool:
-    """Half-maximum region at (x, y) has the expected area and is round."""
+def _blob_shape(signal: np.ndarray, x: int, y: int, half: int) -> Optional[tuple[float, float, float]]:
+    """(area, eccentricity, solidity) of the half-maximum region at (x, y) above the patch's border median."""
     h, w = signal.shape
     y0, y1, x0, x1 = max(y - half, 0), min(y + half + 1, h), max(x - half, 0), min(x + half + 1, w)
     patch = signal[y0:y1, x0:x1]
@@ -54,15 +57,19 @@ def _round_blob(signal: np.ndarray, x: int, y: int, half: int, expected_area: fl
     bg = np.median(ring)
     amp = signal[y, x] - bg
     if amp <= 0:
-        return False
+        return None
     lab = label(patch - bg > amp / 2)
     region = lab[y - y0, x - x0]
     if region == 0:
-        return False
+        return None
     p = regionprops((lab == region).astype(np.uint8))[0]
-    ratio = p.area / expected_area
-    return (AREA_RANGE[0] <= ratio <= AREA_RANGE[1] and p.eccentricity < MAX_ECCENTRICITY
-            and p.solidity > MIN_SOLIDITY)
+    return float(p.area), float(p.eccentricity), float(p.solidity)
+
+
+def _accept(shapes, expected_area: float) -> np.ndarray:
+    """Which blobs have the expected area (× AREA_RANGE) and are round."""
+    return np.array([s is not None and AREA_RANGE[0] <= s[0] / expected_area <= AREA_RANGE[1]
+                     and s[1] < MAX_ECCENTRICITY and s[2] > MIN_SOLIDITY for s in shapes], bool)
 
 
 def _peaks(response: np.ndarray, min_distance: int, threshold: float, border: int, max_peaks: int):
@@ -71,19 +78,33 @@ def _peaks(response: np.ndarray, min_distance: int, threshold: float, border: in
     return xy[:, ::-1], response[xy[:, 0], xy[:, 1]]
 
 
-def detect_lm_spots(lm: np.ndarray, *, sigma_px: float, snr: float = 5.0, max_spots: int = 300) -> Candidates:
-    """Bright, round, diffraction-sized spots in a fluorescence image (8/16-bit or float)."""
+def detect_lm_spots(lm: np.ndarray, *, sigma_px: float, snr: float = 5.0, max_spots: int = 300,
+                    adapt: bool = True) -> Candidates:
+    """Bright, round, diffraction-sized spots in a fluorescence image (8/16-bit or float).
+
+    ``sigma_px`` is the expected spot σ; with ``adapt``, when the ten strongest round spots are more than
+    30 % wider or narrower (another PSF, beads out of focus), their size (×0.5–3) is tried too and the size
+    finding more spots is kept.  The σ used is returned as ``Candidates.sigma_px``.
+    """
     img = np.asarray(lm, dtype=np.float32)
     smooth = _blur(img, max(sigma_px * 0.5, 0.5))
     dog = _blur(img, sigma_px) - _blur(img, 3 * sigma_px)
     noise = _mad_sigma(dog)
     xy, score = _peaks(dog, int(round(1.5 * sigma_px)), float(np.median(dog) + snr * noise),
                        int(np.ceil(1.5 * sigma_px)), max_spots)
-    eff = np.sqrt(sigma_px ** 2 + (0.5 * sigma_px) ** 2)
-    area = 2 * np.log(2) * np.pi * eff ** 2
-    half = int(np.ceil(4 * eff))
-    keep = np.array([_round_blob(smooth, x, y, half, area) for x, y in xy], bool)
-    return Candidates(xy[keep], score[keep] / noise, img)
+    eff = np.sqrt(sigma_px ** 2 + (0.5 * sigma_px) ** 2)      # σ after the smoothing
+    shapes = [_blob_shape(smooth, x, y, int(np.ceil(4 * eff))) for x, y in xy]
+    keep = _accept(shapes, 2 * np.log(2) * np.pi * eff ** 2)
+    found = Candidates(xy[keep], score[keep] / noise, img, sigma_px=float(sigma_px))
+    if adapt:
+        round_ = [s for s in shapes[:10] if s is not None and s[1] < MAX_ECCENTRICITY and s[2] > MIN_SOLIDITY]
+        if len(round_) >= 3:
+            measured = np.median([s[0] for s in round_]) / (2 * np.log(2) * np.pi) - (0.5 * sigma_px) ** 2
+            ratio = float(np.sqrt(max(measured, 0.0))) / sigma_px
+            if 0.5 <= ratio <= 3 and abs(np.log(ratio)) > np.log(1.3):
+                other = detect_lm_spots(img, sigma_px=sigma_px * ratio, snr=snr, max_spots=max_spots, adapt=False)
+                return other if len(other.xy) > len(found.xy) else found
+    return found
 
 
 def detect_em_discs(em: np.ndarray, *, radius_px: float, polarity: str = "auto", snr: float = 4.0,
@@ -107,6 +128,6 @@ def detect_em_discs(em: np.ndarray, *, radius_px: float, polarity: str = "auto",
         xy, score = _peaks(resp, int(round(radius_px)), float(np.median(resp) + snr * noise),
                            int(np.ceil(radius_px + 2)), max_candidates)
         sig = -smooth if pol == "dark" else smooth
-        keep = np.array([_round_blob(sig, x, y, half, area) for x, y in xy], bool)
-        found[pol] = Candidates(xy[keep], score[keep] / noise, sig, pol)
+        keep = _accept([_blob_shape(sig, x, y, half) for x, y in xy], area)
+        found[pol] = Candidates(xy[keep], score[keep] / noise, sig, pol, radius_px)
     return max(found.values(), key=lambda c: (len(c.xy), float(np.sum(c.score))))

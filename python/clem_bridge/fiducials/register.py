@@ -131,7 +131,8 @@ def register_fiducials(em: np.ndarray, lm: np.ndarray, *, em_pixel_size: PixelSi
     Pixel sizes are numbers in nm or :class:`~clem_bridge.schema.PixelSize`; both or neither must be
     given (uncalibrated: pass ``bead_px``, the EM bead diameter in pixels, and the budget is in EM pixels).
     ``model``: rigid, similarity or affine (default: similarity when calibrated, affine otherwise).
-    The LM may be rotated by any angle and mirrored.  Bad input raises :class:`InputError`.
+    The LM may be rotated by any angle and mirrored.  The LM spot size is predicted from ``psf_sigma_nm`` (or
+    ``lm_spot_px``) and adapted to the strongest spots.  Bad input raises :class:`InputError`.
     """
     t0 = time.perf_counter()
     em = check_image(em, "the EM image")
@@ -166,9 +167,9 @@ def register_fiducials(em: np.ndarray, lm: np.ndarray, *, em_pixel_size: PixelSi
     smooth = max(0.5 * radius, 1.0)
     loc = localise_gaussian if localisation == "gaussian" else localise_quadratic
     kw_em = {"width": radius} if localisation == "gaussian" else {}
-    kw_lm = {"width": spot} if localisation == "gaussian" else {}
+    kw_lm = {"width": lm_c.sigma_px} if localisation == "gaussian" else {}
     e = loc(em_c.signal, em_c.xy, half=int(np.ceil(radius)), noise_factor=4 * np.pi * smooth ** 2, **kw_em)
-    m = loc(lm_c.signal, lm_c.xy, half=int(np.ceil(1.5 * spot)), **kw_lm)
+    m = loc(lm_c.signal, lm_c.xy, half=int(np.ceil(1.5 * lm_c.sigma_px)), **kw_lm)
     e_ok, m_ok = np.flatnonzero(e.ok), np.flatnonzero(m.ok)
     e_ok, m_ok = e_ok[np.argsort(-em_c.score[e_ok])], m_ok[np.argsort(-lm_c.score[m_ok])]
     t_detect = time.perf_counter() - t0
