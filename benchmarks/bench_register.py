@@ -11,7 +11,7 @@ Cases (1280×954 unless the shared data is missing):
 
 Each case runs every method back to back (interleaved, so machine load affects them alike); the
 report has wall and CPU seconds, TRE (mean, LM px), success (TRE < 2 px), silent failures (status
-"ok" but TRE > 2 px) and per-group medians, and is saved as JSON.
+"ok" but TRE > 2 px), per-group medians and per-case MINE/reference time ratios, and is saved as JSON.
 
     python benchmarks/bench_register.py [--groups standard wide ...] [--no-elastix] [--no-sitk]
         [--threads 2] [--out benchmarks/results/bench_register-2core-cpu.json]
@@ -182,6 +182,11 @@ def summarise(rows: list[dict], methods) -> dict:
                          "median_cpu_s": float(np.median([x["cpu_s"] for x in done])) if done else None}
             if m == "mine":
                 out[g][m]["silent_failures"] = sum(bool(x.get("silent_failure")) for x in res)
+            elif m != "mine" and "mine" in methods:   # per-case time ratios, same load for both calls
+                pairs = [(r["mine"], r[m]) for r in sel if "cpu_s" in r["mine"] and "cpu_s" in r.get(m, {})]
+                for k in ("cpu_s", "wall_s"):
+                    out[g][m][f"median_mine_over_this_{k}"] = (float(np.median([a[k] / b[k] for a, b in pairs]))
+                                                               if pairs else None)
     return out
 
 
