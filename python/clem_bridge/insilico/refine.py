@@ -34,10 +34,10 @@ def refine_similarity(fixed: np.ndarray, moving: np.ndarray, init: np.ndarray, *
                       fix_scale: bool = False) -> tuple[np.ndarray, float]:
     """Similarity refinement of ``init`` (fixed→moving) maximising :func:`.score.overlap_score`.
 
-    Parameters are scaled to pixels of displacement at half the long side; Powell's method, bounded to
-    ±``MAX_ROTATION_DEG``, ±``MAX_LOG_SCALE`` and ±``MAX_SHIFT`` of the long side.  Both images are
-    smoothed with ``sigma``; ``mask`` (fixed grid) restricts the score; ``fix_scale`` keeps the scale of
-    ``init``.  Returns (matrix, score); ``init`` and its score when nothing better was found.
+    Parameters are scaled to pixels of displacement at half the long side; Powell's method (local line
+    searches), confined to ±``MAX_ROTATION_DEG``, ±``MAX_LOG_SCALE`` and ±``MAX_SHIFT`` of the long side.
+    Both images are smoothed with ``sigma``; ``mask`` (fixed grid) restricts the score; ``fix_scale``
+    keeps the scale of ``init``.  Returns (matrix, score); ``init`` and its score when nothing better was found.
     """
     fs, ms = blur(fixed, sigma), blur(moving, sigma)
     h, w = fixed.shape
@@ -49,13 +49,14 @@ def refine_similarity(fixed: np.ndarray, moving: np.ndarray, init: np.ndarray, *
         return init @ T.from_params(rotation_deg=float(np.rad2deg(rot / r)), scale=float(np.exp(log_scale / r)),
                                     translation=(tx, ty), center=c)
 
-    def cost(p):
-        return -overlap_score(fs, ms, mat(p), mask)
-
     rot_b, scale_b, shift_b = r * np.deg2rad(MAX_ROTATION_DEG), r * MAX_LOG_SCALE, MAX_SHIFT * 2 * r
-    bounds = [(-rot_b, rot_b)] + ([] if fix_scale else [(-scale_b, scale_b)]) + [(-shift_b, shift_b)] * 2
-    start = -cost(np.zeros(len(bounds)))
-    res = optimize.minimize(cost, np.zeros(len(bounds)), method="Powell", bounds=bounds,
+    box = np.array([rot_b] + ([] if fix_scale else [scale_b]) + [shift_b] * 2)
+
+    def cost(p):   # outside the box: worse than any score (Powell's own bounds search the whole box per line)
+        return 2.0 if np.any(np.abs(p) > box) else -overlap_score(fs, ms, mat(p), mask)
+
+    start = -cost(np.zeros(len(box)))
+    res = optimize.minimize(cost, np.zeros(len(box)), method="Powell",
                             options={"xtol": 1e-3, "ftol": 1e-7, "maxfev": max_evals})
     if not np.isfinite(res.fun) or -res.fun < start:
         return init, start

@@ -68,44 +68,48 @@ def binned(img: np.ndarray, f: float) -> tuple[np.ndarray, np.ndarray]:
 def _match(fixed: np.ndarray, moving: np.ndarray, lin: np.ndarray, peaks: int = PEAKS_PER_POSE):
     """Best translations for linear part ``lin`` (fixed→moving); list of (score, 3×3 fixed_to_moving).
 
-    The moving image is zero-padded (chromatin background) so that the warped prediction may hang over
-    its edges by half its size; windows without signal are skipped.  The score is the overlap-weighted
-    NCC of :mod:`.score` (NCC over the template window times √ of the fraction of the prediction inside the
-    chromatin image).  Peaks closer than a quarter of the template to a better one are suppressed.
+    The *moving* image is resampled into the fixed frame (by ``lin``⁻¹) and zero-padded (chromatin
+    background) so that the prediction may hang over its edges by half its size; the prediction itself is
+    the template, unchanged.  Every (rotation, scale) is thus scored on the same number of template pixels:
+    warping the prediction instead shrinks the template at small scales, and a small template's NCC
+    peaks high by chance (the collapse to scale 0.5).  The score is the overlap-weighted NCC of
+    :mod:`.score` (NCC over the template window times √ of the fraction of it inside the chromatin
+    image).  Windows without signal are skipped; peaks closer than a quarter of the template to a
+    better one are suppressed.
     """
     h, w = fixed.shape
-    corners = np.array([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1]], float) @ lin.T
+    inv = np.linalg.inv(lin)
+    mh, mw = moving.shape
+    corners = np.array([[0, 0], [mw - 1, 0], [0, mh - 1], [mw - 1, mh - 1]], float) @ inv.T
     lo = np.floor(corners.min(0))
-    tw, th = (np.ceil(corners.max(0) - lo).astype(int) + 1).tolist()
-    a = np.hstack([lin, -lo[:, None]])
-    tpl = cv2.warpAffine(fixed, a, (tw, th), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
-    if float(tpl.std()) < 1e-6:
+    cw, ch = (np.ceil(corners.max(0) - lo).astype(int) + 1).tolist()
+    px, py = max(w // 2, w - cw + w // 4), max(h // 2, h - ch + h // 4)
+    a = np.hstack([inv, (np.array([px, py]) - lo)[:, None]])      # moving px → canvas px
+    size = (cw + 2 * px, ch + 2 * py)
+    canvas = cv2.warpAffine(moving, a, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+    if float(canvas.std()) < 1e-6 or float(fixed.std()) < 1e-6:
         return []
-    py = max(th // 2, th - moving.shape[0] + th // 4)
-    px = max(tw // 2, tw - moving.shape[1] + tw // 4)
-    mpad = cv2.copyMakeBorder(moving, py, py, px, px, cv2.BORDER_CONSTANT, value=0.0)
-    res = cv2.matchTemplate(mpad, tpl, cv2.TM_CCOEFF_NORMED)
+    res = cv2.matchTemplate(canvas, fixed, cv2.TM_CCOEFF_NORMED)
     res[~np.isfinite(res)] = -1.0
-    support = cv2.warpAffine(np.ones_like(fixed), a, (tw, th), flags=cv2.INTER_LINEAR,
-                             borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
-    inside = cv2.copyMakeBorder(np.ones_like(moving), py, py, px, px, cv2.BORDER_CONSTANT, value=0.0)
-    covered = cv2.matchTemplate(inside, support, cv2.TM_CCORR) / max(float(support.sum()), 1e-6)
+    inside = cv2.warpAffine(np.ones_like(moving), a, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                            borderValue=0.0)
+    covered = cv2.matchTemplate(inside, np.ones_like(fixed), cv2.TM_CCORR) / float(fixed.size)
     res = weighted(res, covered)
     floor = 1e-2 * float(moving.std())
-    ry, rx = max(2, th // 4), max(2, tw // 4)
+    ry, rx = max(2, h // 4), max(2, w // 4)
     out = []
     for _ in range(8 + peaks):
         _, score, _, (x0, y0) = cv2.minMaxLoc(res)
         if score <= -1.0:
             break
         # OpenCV scores signal-free (constant) windows as ±1 or 0: those are no peaks
-        real = float(mpad[y0:y0 + th, x0:x0 + tw].std()) > floor
-        res[max(0, y0 - (ry if real else 2)):y0 + (ry if real else 2) + 1,
-            max(0, x0 - (rx if real else 2)):x0 + (rx if real else 2) + 1] = -1.0
+        real = float(canvas[y0:y0 + h, x0:x0 + w].std()) > floor
+        r_y, r_x = (ry, rx) if real else (2, 2)
+        res[max(0, y0 - r_y):y0 + r_y + 1, max(0, x0 - r_x):x0 + r_x + 1] = -1.0
         if real:
             m = np.eye(3)
             m[:2, :2] = lin
-            m[:2, 2] = [x0 - px - lo[0], y0 - py - lo[1]]
+            m[:2, 2] = lin @ (np.array([x0 - px, y0 - py]) + lo)
             out.append((float(score), m))
             if len(out) >= peaks:
                 break
