@@ -5,7 +5,7 @@ which is common between EM and LM).  For every candidate (mirrored or not, rotat
 gradient is resampled onto an enlarged fixed grid and ``cv2.matchTemplate`` (normalised correlation
 coefficient) finds the best translation; both handednesses are scored on that same criterion.
 
-Coarse to fine: every candidate over the full circle is tried on half-size copies, the best few
+Coarse to fine: every candidate over the full circle is tried on reduced copies, the best few
 distinct ones are refined at the given size, then the winner's rotation and scale are polished.
 Matrices follow :mod:`clem_bridge.transforms` (fixed pixel → moving pixel); a mirrored result has
 ``det < 0`` (the LM seen from the other side of the section).
@@ -101,13 +101,15 @@ def _distinct(ranked: list, keep: int, angle_tol: float, scale_ratio: float) -> 
 
 def global_search(fixed: np.ndarray, moving: np.ndarray, *, rotation_range_deg: float = 180.0,
                   rotation_step_deg: float = 3.0, scales=(1.0,), mirror: bool = True,
-                  max_shift_frac: float = 0.25, sigma: float = 1.0, keep: int = 4) -> SearchResult:
+                  max_shift_frac: float = 0.25, sigma: float = 1.0, keep: int = 6,
+                  coarse_factor: float = 1.5) -> SearchResult:
     """Search handedness, rotation (about the image centres), scale and translation; return the best candidate.
 
     ``fixed`` and ``moving`` are small (about 100–200 px) images with pixel sizes within the ``scales``
     range (moving px per fixed px).  ``rotation_range_deg`` ≥ 180 searches the full circle; the sweep
-    runs at half size in steps of 3 × ``rotation_step_deg`` and over ``scales``, the ``keep`` best
-    distinct candidates are refined at full size in ``rotation_step_deg`` steps and half scale steps.
+    runs on copies binned by ``coarse_factor`` in steps of 3 × ``rotation_step_deg`` and over ``scales``,
+    the ``keep`` best distinct candidates are refined at full size in ``rotation_step_deg`` steps and
+    half scale steps.
     Translations of up to ``max_shift_frac`` of the fixed long side are searched in every candidate.
     """
     scales = sorted(float(s) for s in scales)
@@ -120,9 +122,9 @@ def global_search(fixed: np.ndarray, moving: np.ndarray, *, rotation_range_deg: 
         angles = [k * coarse_step for k in range(-n, n + 1)]
     hands = (False, True) if mirror else (False,)
 
-    half = lambda img: cv2.resize(img, (max(img.shape[1] // 2, 8), max(img.shape[0] // 2, 8)),  # noqa: E731
-                                  interpolation=cv2.INTER_AREA)
-    coarse = _Matcher(half(fixed), half(moving), max_shift_frac, sigma)
+    small = lambda img: cv2.resize(img, (max(int(img.shape[1] / coarse_factor), 8),  # noqa: E731
+                                         max(int(img.shape[0] / coarse_factor), 8)), interpolation=cv2.INTER_AREA)
+    coarse = _Matcher(small(fixed), small(moving), max_shift_frac, sigma)
     ranked = sorted((coarse.score(a, s, h) for h in hands for s in scales for a in angles),
                     key=lambda r: -r[0])
     seeds = _distinct(ranked, keep, coarse_step, ratio ** 0.5)
