@@ -3,6 +3,7 @@ pylibCZIrw and read by bioio-czi, OME-Zarr output read back by bioio-ome-zarr, d
 under any name, and an MRC EM + OME-TIFF LM bead pair registered by the batch task with both calibrations."""
 import json
 import shutil
+from io import BytesIO
 
 import mrcfile
 import numpy as np
@@ -103,3 +104,24 @@ def test_mrc_em_and_ome_tiff_lm_pair_registered_with_both_calibrations(tmp_path)
     assert t["pixel_size"]["moving"] == {"x": 0.065, "y": 0.065, "unit": "um"}
     assert tre(t["fixed_to_moving"], ph.fixed_to_moving, (512, 512)) < 0.5
     assert read_image(tmp_path / "out" / "em" / "lm_warped.tif").pixel_size == PixelSize(x=10.0, y=10.0, unit="nm")
+
+
+def test_server_apply_accepts_mrc_and_czi_uploads(tmp_path):
+    """The server saves an upload under its own (sanitised) name and reads it with read_image."""
+    czi = pytest.importorskip("pylibCZIrw.czi", reason="the optional formats extra is not installed")
+    from server_utils import app_client
+
+    rng = np.random.default_rng(3)
+    em_like = rng.random((30, 40)).astype(np.float32)
+    lm = rng.integers(0, 4000, (30, 40), dtype=np.uint16)
+    mrc = write_mrc(tmp_path / "a.mrc", em_like, 10.0).read_bytes()
+    with czi.create_czi(str(tmp_path / "b.czi"), exist_ok=True) as w:
+        w.write(lm, plane={"C": 0, "T": 0, "Z": 0})
+    params = {"fixed_to_moving": np.eye(3).tolist(), "fixed_shape": [30, 40]}
+    files = [("images", ("scan.mrc", mrc)), ("images", ("lm.czi", (tmp_path / "b.czi").read_bytes()))]
+    with app_client(tmp_path / "data") as client:
+        r = client.post("/v1/apply", files=files, data={"params": json.dumps(params)})
+    assert r.status_code == 200, r.text
+    out = tifffile.imread(BytesIO(r.content))
+    np.testing.assert_allclose(out[0], em_like, atol=1e-6)             # identity warp: the pixels themselves
+    np.testing.assert_allclose(out[1], lm, atol=0.5)

@@ -17,7 +17,7 @@ def add_commands(app) -> None:
     def batch(
         manifest: Path = typer.Argument(..., help="CSV manifest (em, lm, optional name, method, extra_channels, "
                                         "reg_channel, channels, preset, seed, prepare, psr, model, transform, "
-                                        "device), or a folder with --pair-glob."),
+                                        "bead_nm, device), or a folder with --pair-glob."),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder: one folder per pair, summary.csv, "
                                  "report.html."),
         pair_glob: Optional[str] = typer.Option(None, "--pair-glob", help="With a folder: 'EM_*.tif:LM_*.czi' "
@@ -35,9 +35,11 @@ def add_commands(app) -> None:
                                     "(NGFF multiscale with the EM calibration)."),
     ) -> None:
         """Register many pairs on Dask; reruns skip finished pairs. Exit 3 when a pair failed or errored."""
-        from ..workflows.batch import pairs_from_glob, read_manifest, run_batch
+        from ..workflows.batch import METHODS, pairs_from_glob, read_manifest, run_batch
 
         with user_errors():
+            if method not in METHODS:
+                raise InputError(f"--method must be one of {', '.join(METHODS)} (got {method!r})")
             defaults = {"method": method, "reg_channel": reg_channel, "preset": preset, "seed": seed,
                         "device": device}
             if manifest.is_dir():

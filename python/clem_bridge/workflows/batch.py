@@ -12,8 +12,9 @@ the command-line default. Or a folder with a pairing rule ``'EM_*.tif:LM_*.czi'`
 row in the summary saying why; the others run.
 
 **Execution.** Each pair is one Dask task (:func:`run_pair`) that calls the pair's files-in/files-out
-workflow. By default a ``LocalCluster`` of ``workers`` processes with one thread each (Dask's nanny
-sets ``OMP_NUM_THREADS=MKL_NUM_THREADS=1`` in each, so torch, OpenCV and BLAS use one core a pair).
+workflow. By default a ``LocalCluster`` of ``workers`` processes with one thread each; Dask's nanny sets
+``OMP_NUM_THREADS=MKL_NUM_THREADS=1`` in each and :class:`OneThreadPerTask` pins torch and OpenCV to one
+thread on every worker, so a pair uses one core.
 A pair that raises is recorded (``status=error``) and the batch goes on; the tasks of a worker that dies
 are rescheduled on the others (``distributed.scheduler.allowed-failures``, 3 by default, after which the
 pair's row says the worker was lost). Existing clusters, with the output folder and the input files on a
@@ -34,7 +35,8 @@ On SLURM with ``dask-jobqueue`` (``pip install dask-jobqueue``), from a login no
 **Resume.** A pair is computed in ``OUT/.partial/`` and moved into ``OUT/NAME`` by one rename after all its
 files and its record ``pair.json`` are written; a folder with ``pair.json`` is complete and skipped by a
 rerun (its row is read back, ``resumed=True``), so an interrupted batch continues where it stopped and no
-finished pair is computed twice. Errors are not kept: those pairs run again.
+finished pair is computed twice. Errors are not kept: those pairs run again. One batch at a time per
+output folder (a run clears ``.partial/`` when it starts).
 """
 from __future__ import annotations
 
@@ -50,6 +52,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Union
+
+from distributed import WorkerPlugin
 
 from .. import io
 from ..errors import InputError
@@ -295,12 +299,14 @@ def is_complete(folder: Path) -> bool:
 
 
 def base_record(pair: Pair) -> dict:
+    """A pair's summary record before it runs (``status`` error when the pair can't run)."""
     return {"name": pair.name, "status": "error" if pair.error else "pending", "method": pair.method,
             "em": str(pair.em or ""), "lm": str(pair.lm or ""), "folder": "", "resumed": False, "warnings": [],
             "error": pair.error or "", "metrics": {}, "timings": {}, "wall_s": 0.0, "worker": "", "run_id": ""}
 
 
 def load_record(folder: Path) -> dict:
+    """The record of a complete pair folder, marked as done by an earlier run."""
     rec = json.loads((folder / RECORD_JSON).read_text())
     rec["resumed"] = True
     return rec
@@ -314,11 +320,12 @@ def _write_json_synced(path: Path, data: dict) -> None:
 
 
 def _warped_names(pair: Pair, reg) -> Optional[list[str]]:
-    names = io.read_image(pair.lm).channel_names if pair.method != "fiducials" else None
+    """The LM file's names of the warped channels (``write_ome_zarr`` keeps them only if they match the stack)."""
+    names = io.read_image(pair.lm).channel_names
     picked = reg.params.get("channels")
-    if not names or picked is None or max(picked, default=-1) >= len(names):
-        return None
-    return [names[i] for i in picked]
+    if names and picked is not None and max(picked, default=-1) < len(names):
+        return [names[i] for i in picked]
+    return names
 
 
 def run_pair(pair: Pair, out_root, output_format: str = "tiff", run_id: str = "") -> dict:
@@ -348,6 +355,9 @@ def run_pair(pair: Pair, out_root, output_format: str = "tiff", run_id: str = ""
         return rec
     rec.update(folder=pair.name, wall_s=time.perf_counter() - t0, files=sorted(f.name for f in tmp.iterdir()))
     _write_json_synced(tmp / RECORD_JSON, rec)
+    if is_complete(final):                   # another copy of this task finished first (a worker was lost)
+        shutil.rmtree(tmp)
+        return load_record(final)
     if final.exists():                       # left over from an interrupted run (no record: incomplete)
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -359,6 +369,19 @@ def _finite(d: dict) -> dict:
 
 
 # --- the batch (runs in the client) ---------------------------------------------------------
+
+class OneThreadPerTask(WorkerPlugin):
+    """Dask worker plugin: torch and OpenCV run one thread per task (``OMP_NUM_THREADS`` covers torch's
+    intra-op pool only when set before torch starts; OpenCV keeps its own pool)."""
+    name = "clem-bridge-one-thread-per-task"
+
+    def setup(self, worker) -> None:
+        import cv2
+        import torch
+
+        torch.set_num_threads(1)
+        cv2.setNumThreads(1)
+
 
 def _connect(workers: int, scheduler: Optional[str]):
     """``(client, cluster)``: an existing scheduler (address or scheduler file; cluster None) or a new LocalCluster."""
@@ -424,6 +447,7 @@ def _compute(todo: dict[int, Pair], out: Path, workers: int, scheduler: Optional
     run_id = uuid.uuid4().hex[:12]
     client, cluster = _connect(min(workers, len(todo)), scheduler)
     try:
+        client.register_plugin(OneThreadPerTask())                   # also on workers that join later
         futures = {client.submit(run_pair, p, str(out), output_format, run_id, pure=False,
                                  key=f"clem-pair-{p.name}-{run_id}"): i for i, p in todo.items()}
         with tqdm(total=len(futures), unit="pair", disable=not progress, dynamic_ncols=True) as bar:

@@ -10,6 +10,7 @@ from io import StringIO
 from pathlib import Path
 from urllib.parse import quote
 
+from .batch import OME_ZARR
 from .outputs import OVERLAY_PNG, TRANSFORM_JSON, WARPED_TIFF
 
 _FIRST = ("name", "status", "method", "resumed", "wall_s", "error", "warnings", "em", "lm", "folder", "worker",
@@ -55,9 +56,12 @@ def _row(r: dict) -> str:
     e = html.escape
     folder = r.get("folder") or ""
     files = set(r.get("files", []))
-    thumb = (f'<a href="{quote(folder)}/{OVERLAY_PNG}"><img class="thumb" src="{quote(folder)}/{OVERLAY_PNG}" '
-             f'alt="overlay of {e(r["name"])}" onerror="this.replaceWith(\'overlay missing\')"></a>' if folder and OVERLAY_PNG in files else "")
-    links = " ".join(_link(folder, f, f) for f in (TRANSFORM_JSON, WARPED_TIFF, "lm_warped.ome.zarr") if f in files)
+    thumb = ""
+    if folder and OVERLAY_PNG in files:
+        src = f"{quote(folder)}/{OVERLAY_PNG}"
+        thumb = (f'<a href="{src}"><img class="thumb" src="{src}" alt="overlay of {e(r["name"])}" '
+                 f'onerror="this.replaceWith(\'overlay missing\')"></a>')
+    links = " ".join(_link(folder, f, f) for f in (TRANSFORM_JSON, WARPED_TIFF, OME_ZARR) if f in files)
     if folder:
         links += f' <a href="{quote(folder)}/">folder</a>'
     m = r.get("metrics", {})
@@ -85,7 +89,8 @@ td, th {{border: 1px solid #bbb; padding: 4px 8px; vertical-align: top; text-ali
 img.thumb {{width: 160px; height: auto; display: block}} .error {{color: #900}}
 {colours}</style></head><body>
 <h1>clem-bridge batch: {len(records)} pair(s)</h1>
-<p>{html.escape(", ".join(f"{n} {k}" for k, n in sorted(counts.items())))} &middot; <a href="summary.csv">summary.csv</a></p>
+<p>{html.escape(", ".join(f"{n} {k}" for k, n in sorted(counts.items())))} &middot;
+<a href="summary.csv">summary.csv</a></p>
 <table><thead><tr><th>overlay</th><th>pair</th><th>status</th><th>method</th><th>metrics</th><th>time</th>
 <th>warnings / error</th><th>files</th></tr></thead><tbody>
 {chr(10).join(_row(r) for r in records)}
