@@ -1,5 +1,5 @@
 """clem_bridge.client (and the CLI's --server) against a real server process: end-to-end registration,
-artifacts, apply, errors."""
+fiducials and landmarks, artifacts, apply, errors."""
 from __future__ import annotations
 
 import socket
@@ -13,8 +13,10 @@ from clem_bridge import transforms as T
 from clem_bridge.cli import app as cli_app
 from clem_bridge.client import Client
 from clem_bridge.errors import ServerError, ServerUnreachable
-from clem_bridge.io import read_image
+from clem_bridge.fiducials.simulate import make_bead_phantom
+from clem_bridge.io import read_image, write_tiff
 from clem_bridge.result import load_transform_json
+from clem_bridge.schema import PixelSize
 from clem_bridge.synthetic import make_pair, save_pair
 from server_utils import running_server
 
@@ -58,6 +60,33 @@ def test_register_end_to_end_recovers_the_matrix(url, tmp_path):
         with pytest.raises(ServerError) as e:
             c.download(job, "../job.json", tmp_path / "x")
         assert e.value.status == 404
+
+
+def test_fiducials_files_and_landmarks(url, tmp_path):
+    """Bead registration on the server with its files downloaded; the matched beads fitted again as
+    landmarks (pixels) reproduce it; collinear landmarks are a 422 with the server's sentence."""
+    ph = make_bead_phantom(4, em_shape=(512, 512), lm_shape=(120, 160), n_beads=(10, 14), mirror=True)
+    em_ps, lm_ps = PixelSize(x=10, y=10, unit="nm"), PixelSize(x=65, y=65, unit="nm")
+    write_tiff(tmp_path / "em.tif", ph.em, em_ps)
+    with Client(url, token="tok") as c:
+        reg = c.fiducials_files(tmp_path / "em.tif", ph.lm, tmp_path / "out", lm_pixel_size=lm_ps, model="affine")
+        assert reg.method == "fiducials" and reg.outcome == "ok" and reg.params["model"] == "affine"
+        assert T.tre(reg.fixed_to_moving, ph.fixed_to_moving, (512, 512), step=16) < 0.5
+        b = reg.error_budget
+        assert b["n_matched"] >= 6 and b["sigma_total_nm"] >= b["sigma_alignment_nm"] > 0
+        for name in ("transform.json", "lm_warped.tif", "tre_map.png", "fusion.png", "bead_landmarks.csv"):
+            assert (tmp_path / "out" / name).stat().st_size > 0, name
+        assert load_transform_json(tmp_path / "out" / "transform.json").error_budget == b
+        pairs = b["pairs"]
+        fixed, moving = [p["fixed_px"] for p in pairs], [p["moving_px"] for p in pairs]
+        lmk = c.landmarks(fixed, moving, model="affine", fixed_shape=(512, 512), moving_shape=(120, 160),
+                          fixed_pixel_size=em_ps, moving_pixel_size=lm_ps)
+        assert lmk.method == "landmarks" and lmk.error_budget["n_matched"] == len(pairs)
+        assert lmk.fixed_shape == (512, 512) and lmk.moving_pixel_size.x == 65
+        assert T.tre(lmk.fixed_to_moving, reg.fixed_to_moving, (512, 512), step=16) < 0.2
+        with pytest.raises(ServerError) as e:
+            c.landmarks([[0, 0], [10, 10], [20, 20]], [[1, 1], [5, 5], [9, 9]])
+        assert e.value.status == 422 and "line" in str(e.value)
 
 
 def test_errors_carry_the_server_sentence(url):

@@ -1,8 +1,8 @@
 """Fiji side without a server: the Jython library and the Groovy "Apply CLEM transform" under a real JVM.
 
-ImageJ-warped channels must equal ``transforms.warp_image`` (bilinear) inside the valid region and
-be 0 outside; transform files read by the Jython/Groovy code must give our matrix, and files the
-Jython library writes must equal clem_bridge.export's.
+ImageJ-warped channels must equal ``transforms.warp_image`` (bilinear; ``transforms3d.warp_volume`` for
+3-D transforms on stacks) inside the valid region and be 0 outside; transform files read by the
+Jython/Groovy code must give our matrix, and files the Jython library writes must equal clem_bridge.export's.
 """
 import json
 import re
@@ -10,9 +10,13 @@ import re
 import numpy as np
 import pytest
 import tifffile
+from scipy import ndimage
 
 from clem_bridge import export, io, synthetic, transforms
+from clem_bridge import transforms3d as T3
 from clem_bridge.result import Registration
+from clem_bridge.schema import PixelSize
+from clem_bridge.volume.stack_io import read_stack, write_stack
 from fiji_utils import jvm_missing, make_fiji_app, run_jython, run_script
 
 pytestmark = [pytest.mark.jvm, pytest.mark.skipif(jvm_missing() is not None, reason=str(jvm_missing()))]
@@ -273,3 +277,81 @@ status = host.run_command("Report_Status.py", lambda: host.report(*(host.outcome
     assert r.returncode == 0 and (tmp_path / "w.tif").is_file(), r.stderr
     assert 'warning: only 3 stained nuclei in common\nwarning: fitted scale [0.5, 2] is "free"\n' in r.stdout
     assert "the registration behind transform.json has status failed" in r.stdout
+
+
+@pytest.fixture(scope="module")
+def volumes(case):
+    """A 3-D case: EM stack 12×40×48 (0.05×0.05×0.1 µm), LM hyperstack 2×8×30×36 float32 (0.1×0.1×0.3 µm)
+    and a one-channel 16-bit LM stack; a known mirrored, rotated, tilted 4×4 fixed_to_moving in transform.json
+    (ndim 3)."""
+    root = case["root"] / "3d"
+    rng = np.random.default_rng(7)
+    em_shape, lm_shape = (12, 40, 48), (8, 30, 36)
+    em_vox, lm_vox = PixelSize(x=0.05, y=0.05, z=0.1), PixelSize(x=0.1, y=0.1, z=0.3)
+    lm = np.stack([ndimage.gaussian_filter(rng.random(lm_shape), 1.5) for _ in range(2)]).astype(np.float32) * 1000
+    lm16 = (lm[1] * 40).astype(np.uint16)
+    f2m = T3.from_params3d(rot_z_deg=25, rot_x_deg=4, mirror=True, scale=(0.85, 0.85, 0.75),
+                           translation_xyz=(0.4, -0.7, 0.25), center=T3.center_of3d(em_shape))
+    f2m = T3.translation(T3.center_of3d(lm_shape) - T3.center_of3d(em_shape)) @ f2m
+    write_stack(root / "em.tif", rng.integers(0, 255, em_shape).astype(np.uint8), em_vox)
+    write_stack(root / "lm.tif", lm, lm_vox)
+    write_stack(root / "lm16.tif", lm16, lm_vox)
+    Registration(fixed_to_moving=f2m, fixed_shape=em_shape, moving_shape=lm_shape, method="truth", ndim=3,
+                 warnings=["z step 3x the EM's"]).save_json(root / "transform.json")
+    return {"root": root, "f2m": f2m, "em_shape": em_shape, "lm": lm, "lm16": lm16, "em_vox": em_vox}
+
+
+def assert_same_volume_warp(path, lm, f2m, em_shape, atol):
+    got = tifffile.imread(path).astype(float)
+    got = got.reshape(em_shape[0], -1, *em_shape[1:]).transpose(1, 0, 2, 3)   # ImageJ ZCYX -> CZYX
+    assert got.shape[0] == len(lm)
+    mask = T3.valid_mask3d(f2m, em_shape, lm.shape[1:])
+    assert 0.2 < mask.mean() < 0.95   # part of the EM stack is outside the LM volume: every edge is exercised
+    for c in range(len(lm)):
+        ref = T3.warp_volume(lm[c], f2m, em_shape, order="linear").astype(float)
+        np.testing.assert_allclose(got[c][mask], ref[mask], rtol=0, atol=atol, err_msg=f"channel {c}")
+        assert np.all(got[c][~mask] == 0)
+
+
+def test_apply_3d_transform_to_stacks_groovy_and_jython(case, volumes):
+    """transform.json with ndim 3 on ImageJ stacks: Groovy's Apply CLEM Transform and the Jython library give
+    transforms3d.warp_volume's trilinear values (float32 exactly, 16-bit within rounding) with the EM's voxel
+    calibration; stacks that do not match the transform and 2-D readers of it are one clear sentence."""
+    root, f2m, em_shape = volumes["root"], volumes["f2m"], volumes["em_shape"]
+    r = run_script(case["app"], "Apply_CLEM_Transform.groovy",
+                   f'image_file="{root / "lm.tif"}",target_file="{root / "em.tif"}",'
+                   f'transform_file="{root / "transform.json"}",out_file="{root / "groovy.tif"}"')
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "CLEM: applied transform.json (3-D) to lm.tif" in r.stdout and "warning: z step 3x the EM's" in r.stdout
+    assert_same_volume_warp(root / "groovy.tif", volumes["lm"], f2m, em_shape, atol=1e-5 * 1000)
+    back = read_stack(root / "groovy.tif")
+    assert back.data.shape == (2, *em_shape)
+    assert (back.voxel.x, back.voxel.y, back.voxel.z) == pytest.approx((0.05, 0.05, 0.1), rel=1e-5)
+    bad = run_script(case["app"], "Apply_CLEM_Transform.groovy",
+                     f'image_file="{root / "em.tif"}",target_file="{root / "em.tif"}",'
+                     f'transform_file="{root / "transform.json"}",out_file="{root / "x.tif"}"')
+    assert bad.returncode == 2 and bad.stderr.strip() == ("error: transform.json is for a 8x30x36 LM stack "
+                                                          "(depth x height x width), but em.tif is 12x40x48")
+    code = f"""
+import clem_bridge_transforms as clem
+from clem_bridge_host import ClemError
+from clem_bridge_images import save_tiff
+from ij import IJ
+em, lm16 = IJ.openImage({str(root / 'em.tif')!r}), IJ.openImage({str(root / 'lm16.tif')!r})
+path = {str(root / 'transform.json')!r}
+save_tiff(clem.apply_transform_file(lm16, path, em), {str(root / 'jy16.tif')!r})
+flat = {{"fixed_to_moving": [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1]]}}
+for call in (lambda: clem.apply_transform_file(em, path, em), lambda: clem.read_transform(path),
+             lambda: clem.warp_stack(lm16, flat, em)):
+    try:
+        call()
+    except ClemError as e:
+        print("error " + str(e))
+"""
+    r = run_jython(case["app"], code)
+    assert r.returncode == 0, r.stderr
+    assert_same_volume_warp(root / "jy16.tif", volumes["lm16"][None], f2m, em_shape, atol=1)
+    errors = [ln[6:] for ln in r.stdout.splitlines() if ln.startswith("error ")]
+    assert errors == ["transform.json is for a 8x30x36 LM stack (depth x height x width), but em.tif is 12x40x48",
+                      f"{root / 'transform.json'} is a 3-D transform (ndim 3); apply it to stacks",
+                      "the transform is singular (it collapses the image)"]

@@ -1,7 +1,7 @@
 """HTTP client of the clem-bridge server (httpx); used by ``clem-bridge register --server`` and tests.
 
     with Client("http://127.0.0.1:8765") as c:
-        job = c.register("em.tif", "lm.tif", preset="fast")
+        job = c.register("em.tif", "lm.tif", preset="fast")      # or c.fiducials(...), c.correlate(...)
         job = c.wait(job, progress=lambda j: print(j["stage"], j["progress"]))
         record = c.result(job)                       # the transform JSON (dict)
         c.download(job, "lm_warped.tif", "out/lm_warped.tif")
@@ -159,6 +159,30 @@ class Client:
         return self._request("POST", "/correlate", files=files, data={"params": json.dumps(params)},
                              params={"wait": wait}, timeout=self.timeout + wait).json()
 
+    def fiducials(self, em: ImageLike, lm: ImageLike, *, bead_nm: float = 200.0, model: Optional[str] = None,
+                  polarity: str = "auto", lm_channel: int = 0, localisation: str = "quadratic",
+                  em_pixel_size: Optional[PixelSize | dict] = None, lm_pixel_size: Optional[PixelSize | dict] = None,
+                  wait: float = 0) -> dict:
+        """Submit a fiducial-bead registration (EM = fixed, LM = moving; ``model`` None = the server's default)."""
+        params = {"bead_nm": bead_nm, "model": model, "polarity": polarity, "lm_channel": lm_channel,
+                  "localisation": localisation, "em_pixel_size": _px(em_pixel_size),
+                  "lm_pixel_size": _px(lm_pixel_size)}
+        files = [("em", _part(em, "em")), ("lm", _part(lm, "lm"))]
+        return self._request("POST", "/fiducials", files=files, data={"params": json.dumps(params)},
+                             params={"wait": wait}, timeout=self.timeout + wait).json()
+
+    def landmarks(self, fixed, moving, *, model: str = "affine", fixed_shape: Optional[Sequence[int]] = None,
+                  moving_shape: Optional[Sequence[int]] = None, fixed_pixel_size: Optional[PixelSize | dict] = None,
+                  moving_pixel_size: Optional[PixelSize | dict] = None) -> Registration:
+        """Fit landmark pairs in pixels (``fixed`` on the EM, ``moving`` on the LM, (N, 2) x, y in the same order)
+        on the server; returns the registration with its error budget (a bad set of pairs is a 422 ServerError)."""
+        body = {"fixed": np.asarray(fixed, dtype=float).tolist(), "moving": np.asarray(moving, dtype=float).tolist(),
+                "model": model, "fixed_shape": None if fixed_shape is None else [int(v) for v in fixed_shape],
+                "moving_shape": None if moving_shape is None else [int(v) for v in moving_shape],
+                "fixed_pixel_size": _px(fixed_pixel_size), "moving_pixel_size": _px(moving_pixel_size)}
+        rec = self._request("POST", "/landmarks", json=body).json()
+        return Registration.from_record(TransformRecord.model_validate(rec))
+
     def register_files(self, em, lm, out_dir, *, extra_channel_paths: Sequence = (),
                        progress: Optional[Callable[[Any], None]] = None, **params) -> Registration:
         """:func:`~clem_bridge.workflows.register.register_files` run on the server: submit, feed the server's
@@ -170,6 +194,13 @@ class Client:
         """:func:`~clem_bridge.workflows.correlate.correlate_files` run on the server, as :meth:`register_files`."""
         return self._finish(self.correlate(em, chromatin, extra=list(extra_channel_paths), **params), out_dir,
                             progress)
+
+    def fiducials_files(self, em, lm, out_dir, *, progress: Optional[Callable[[Any], None]] = None,
+                        **params) -> Registration:
+        """:func:`~clem_bridge.workflows.fiducials.fiducials_files` run on the server, as :meth:`register_files`
+        (``transform.json`` with ``error_budget``, ``lm_warped.tif``, ``tre_map.png``, ``fusion.png``,
+        ``bead_landmarks.csv``, ... in ``out_dir``)."""
+        return self._finish(self.fiducials(em, lm, **params), out_dir, progress)
 
     def _finish(self, job: dict, out_dir, progress: Optional[Callable[[Any], None]]) -> Registration:
         """Wait for ``job`` with progress, download its artifacts into ``out_dir``; Ctrl-C cancels the job."""

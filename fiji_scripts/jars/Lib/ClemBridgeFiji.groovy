@@ -68,9 +68,10 @@ class ClemBridgeFiji {
         try {
             def lm = open(imageFile, "image"), em = open(targetFile, "target image")
             String path = transformFile?.path ?: ""
-            def warped = warpImage(lm, readTransform(path, em.calibration, lm.calibration), em)
+            boolean is3d = path.toLowerCase().endsWith(".json") && jsonNdim(text(path)) == 3
+            def warped = is3d ? warpStack(lm, path, em) : warpImage(lm, readTransform(path, em.calibration, lm.calibration), em)
             if (outFile != null && !new FileSaver(warped).saveAsTiff(outFile.path)) throw new IllegalArgumentException("could not save $outFile")
-            log("CLEM: applied ${transformFile.name} to ${lm.title}; saved ${outFile}")
+            log("CLEM: applied ${transformFile.name}${is3d ? ' (3-D)' : ''} to ${lm.title}; saved ${outFile}")
             if (path.toLowerCase().endsWith(".json")) {
                 def (status, warnings) = jsonStatus(text(path))
                 warnings.each { log("warning: " + it) }
@@ -210,14 +211,64 @@ class ClemBridgeFiji {
         return inverse(total)
     }
 
-    /** fixed_to_moving of our transform JSON (parsed with a pattern: Fiji does not always ship groovy-json). */
+    // Our transform JSON is parsed with patterns: Fiji does not always ship groovy-json.
+    static final String NUM = /-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?/
+
+    /** The rows of numbers of the JSON matrix ``key`` (a list of lists), or null when there is none. */
+    static List<List<String>> jsonRows(String json, String key) {
+        String row = /\[\s*$NUM(?:\s*,\s*$NUM)*\s*\]/
+        def m = json =~ /"$key"\s*:\s*\[\s*($row(?:\s*,\s*$row)*)\s*\]/
+        if (!m.find()) return null
+        return (m.group(1) =~ row).collect { r -> (r =~ NUM).collect { it } }
+    }
+
+    static int jsonNdim(String json) {
+        def m = json =~ /"ndim"\s*:\s*(\d+)/
+        return m.find() ? (m.group(1) as int) : 2
+    }
+
+    /** fixed_to_moving (3x3) of our 2-D transform JSON. */
     static double[][] readJson(String path) {
-        String num = /-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?/
-        String row = /\[\s*$num\s*,\s*$num\s*,\s*$num\s*\]/
-        def m = text(path) =~ /"fixed_to_moving"\s*:\s*\[\s*($row)\s*,\s*($row)\s*(?:,\s*($row)\s*)?\]/
-        if (!m.find()) throw new IllegalArgumentException("$path is not a clem-bridge transform JSON")
-        List rows = (1..3).collect { m.group(it) }.findAll { it != null }.collect { r -> (r =~ num).collect { it } }
+        String json = text(path)
+        if (jsonNdim(json) == 3) throw new IllegalArgumentException("$path is a 3-D transform (ndim 3); apply it to stacks")
+        List rows = jsonRows(json, "fixed_to_moving")
+        if (rows == null) throw new IllegalArgumentException("$path is not a clem-bridge transform JSON")
         return checked(rows, "fixed_to_moving in $path")
+    }
+
+    /** fixed_to_moving (4x4 over voxel x, y, z) of our 3-D transform JSON: finite, last row 0 0 0 1, invertible. */
+    static double[][] readJson3d(String json, String path) {
+        List<List<String>> rows = jsonRows(json, "fixed_to_moving")
+        String msg = "fixed_to_moving in $path is not a finite 4x4 matrix with last row 0 0 0 1"
+        if (rows == null || rows.size() != 4 || rows.any { it.size() != 4 }) throw new IllegalArgumentException(msg)
+        double[][] m = rows.collect { r -> r.collect { it as double } } as double[][]
+        if (m.flatten().any { Double.isNaN(it as double) || Double.isInfinite(it as double) } || m[3] != [0d, 0d, 0d, 1d] as double[])
+            throw new IllegalArgumentException(msg)
+        double det = m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0]) +
+                m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0])
+        if (Math.abs(det) < 1e-12) throw new IllegalArgumentException("the transform is singular (it collapses the image)")
+        return m
+    }
+
+    /** The stack's [depth, height, width] must be the record's ``key`` shape when the record gives it. */
+    static void checkShape(String json, String key, ImagePlus imp, String what, String path) {
+        def m = json =~ /"$key"\s*:\s*\[([^\]]*)\]/
+        if (!m.find()) return
+        List<Integer> want = (m.group(1) =~ /\d+/).collect { it as int }, got = [imp.NSlices, imp.height, imp.width]
+        if (want != got)
+            throw new IllegalArgumentException("${new File(path).name} is for a ${want.join('x')} $what stack (depth x height x width), but ${imp.title} is ${got.join('x')}")
+    }
+
+    /** An LM stack warped onto the EM stack's voxel grid with a 3-D transform JSON (ndim 3). */
+    static ImagePlus warpStack(ImagePlus lm, String path, ImagePlus em) {
+        String json = text(path)
+        double[][] m = readJson3d(json, path)
+        [[em, "EM"], [lm, "LM"]].each { ImagePlus imp, String what ->
+            if (imp.NFrames > 1) throw new IllegalArgumentException("the $what image ${imp.title} is a time series; a 3-D transform takes z stacks")
+        }
+        checkShape(json, "fixed_shape", em, "EM", path)
+        checkShape(json, "moving_shape", lm, "LM", path)
+        return ClemWarp.warpStack(lm, m, em, "warped_" + lm.title)
     }
 
     /** fixed_to_moving from our JSON, a BigWarp CSV, a SpimData XML or an mpicbg XML. */

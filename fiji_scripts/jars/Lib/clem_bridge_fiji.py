@@ -15,11 +15,16 @@ import re
 
 from java.io import File
 
+from ij import IJ
+
 from clem_bridge_host import ClemError, is_headless, log, message, outcome, report, run_command, worst  # noqa: F401
 import clem_bridge_http as http
 import clem_bridge_images as images
 import clem_bridge_transforms as transforms
 
+BUDGET_TERMS = (("sigma_em", "sigma EM"), ("sigma_lm", "sigma LM"), ("sigma_alignment", "sigma alignment"),
+                ("sigma_total", "sigma total"), ("fre", "FRE"), ("tre_loo", "TRE leave-one-out"))
+FIDUCIAL_VIEWS = ("lm_warped.tif", "fusion.png", "tre_map.png")
 SUMMARY_COLUMNS = ["pair", "status", "source", "em_file", "lm_file", "mi", "ncc", "overlap", "ms_ssim",
                    "warnings", "error"]
 
@@ -113,6 +118,77 @@ def batch(in_dir, em_pattern, lm_pattern, reg_channel, channels, reuse, server_u
     return path, status
 
 
+def fiducials(em_file, em_title, lm_file, lm_title, lm_channel, bead_nm, model, polarity, localisation,
+              server_url, token, out_dir):
+    """Register Fiducials: beads found, matched and fitted on the server (``POST /v1/fiducials``), every file
+    of the job saved in ``out_dir``; opens the warped LM, the fusion and the TRE map and logs the error
+    budget; returns (warped LM, status)."""
+    em = images.input_image(em_file, em_title, "EM image")
+    lm = images.input_image(lm_file, lm_title, "LM image")
+    _check_plane(em, "EM", False)
+    _check_plane(lm, "LM", True)
+    n = len(images.channel_processors(lm))
+    if not 0 <= int(lm_channel) < n:
+        raise ClemError("LM bead channel %d does not exist in %s (it has %d)" % (lm_channel, lm.getTitle(), n))
+    params = {"bead_nm": float(bead_nm), "polarity": polarity, "lm_channel": int(lm_channel),
+              "localisation": localisation}
+    if model and model != "auto":
+        params["model"] = model
+    for key, imp, what in (("em_pixel_size", em, "EM"), ("lm_pixel_size", lm, "LM")):
+        params[key] = images.pixel_size(imp)
+        if params[key] is None:
+            raise ClemError("the %s image %s has no pixel size; set it in Image > Properties (the bead size and "
+                            "the scale come from it)" % (what, em.getTitle() if what == "EM" else lm.getTitle()))
+    out = images.output_dir(out_dir)
+    if images.point_selection(em) and images.point_selection(lm):
+        log("CLEM fiducials: both images carry point selections; Plugins > CLEM > Register Landmarks fits those")
+    server = http.connect(server_url, token)
+    files = [("em", _upload_name(em), images.tiff_bytes(em)), ("lm", _upload_name(lm), images.tiff_bytes(lm))]
+    record, job = server.submit_and_wait("/v1/fiducials", files, params, "CLEM fiducials", wait_s=30)
+    saved = dict((name, server.download(job, name, out)) for name in job.get("artifacts") or [])
+    log("CLEM fiducials: registered %s to %s by beads; fixed_to_moving = %s; files in %s"
+        % (lm.getTitle(), em.getTitle(), record.get("fixed_to_moving"), out))
+    log_error_budget(record, "CLEM fiducials")
+    views = [_open_view(saved, name, em.getTitle()) for name in FIDUCIAL_VIEWS]
+    status, warnings = outcome(record)
+    report(status, warnings, "CLEM fiducials")
+    return views[0], status
+
+
+def landmarks(em_file, em_title, lm_file, lm_title, model, channels, server_url, token, out_dir):
+    """Register Landmarks: the multi-point selections of the EM and LM images (same features, same order)
+    fitted on the server (``POST /v1/landmarks``), the LM channels warped with ImageJ and saved with the
+    transform files; logs the error report; returns (warped, status)."""
+    em = images.input_image(em_file, em_title, "EM image")
+    lm = images.input_image(lm_file, lm_title, "LM image")
+    fixed, moving = images.point_selection(em), images.point_selection(lm)
+    if not fixed or not moving:
+        raise ClemError("Register Landmarks needs a multi-point selection on both images (EM %s: %s, LM %s: %s); "
+                        "click the same features in the same order with the Multi-point tool"
+                        % (em.getTitle(), _points_text(fixed), lm.getTitle(), _points_text(moving)))
+    if len(fixed) != len(moving):
+        raise ClemError("the EM has %d points but the LM %d; click every landmark on both images, in the same "
+                        "order" % (len(fixed), len(moving)))
+    body = {"fixed": fixed, "moving": moving, "model": model,
+            "fixed_shape": [em.getHeight(), em.getWidth()], "moving_shape": [lm.getHeight(), lm.getWidth()]}
+    for key, imp in (("fixed_pixel_size", em), ("moving_pixel_size", lm)):
+        if images.pixel_size(imp) is not None:
+            body[key] = images.pixel_size(imp)
+    out = images.output_dir(out_dir)
+    server = http.connect(server_url, token)
+    record = server.post_json("/v1/landmarks", body)
+    f2m = transforms.check_matrix(record.get("fixed_to_moving"), "the server's fixed_to_moving")
+    f2m, warped, comp, _ = register_and_apply(server, em, lm, 0, channels, out, f2m=f2m, record=record)
+    log("CLEM landmarks: fitted %d point pairs (%s) of %s to %s; fixed_to_moving = %s; files in %s"
+        % (len(fixed), model, lm.getTitle(), em.getTitle(), f2m, out))
+    log_error_budget(record, "CLEM landmarks")
+    if not is_headless():
+        comp.show()
+    status, warnings = outcome(record)
+    report(status, warnings, "CLEM landmarks")
+    return warped, status
+
+
 def server_status(server_url, token):
     """One line about the server from /v1/health (a local server is started when none answers)."""
     h = http.connect(server_url, token, timeout_s=10).get_json("/v1/health")
@@ -148,6 +224,50 @@ def register_and_apply(server, em_imp, lm_imp, reg_channel, channels, out_dir, p
     images.save_tiff(comp, File(out_dir, "composite.tif").getPath())
     transforms.write_transform_files(out_dir, f2m, em_imp, lm_imp, lm_imp.getTitle(), record)
     return f2m, warped, comp, record
+
+
+def log_error_budget(record, label):
+    """One log line with the registration's error budget (``error_budget`` of the transform JSON)."""
+    b = record.get("error_budget") or {}
+    if not b:
+        return
+    unit = b.get("unit") or "nm"
+    terms = ", ".join("%s %s" % (name, _number(b.get("%s_%s" % (key, unit)))) for key, name in BUDGET_TERMS)
+    log("%s: %s pairs matched; error budget (%s): %s" % (label, b.get("n_matched"), unit, terms))
+
+
+def _number(v):
+    return "n/a" if v is None else "%.1f" % v
+
+
+def _points_text(points):
+    return "%d points" % len(points) if points else "no point selection"
+
+
+def _check_plane(imp, what, channels):
+    """A 2-D image (with ``channels``, several channels: a stack without z or time) or else a clear error."""
+    planes = imp.getStackSize() // (imp.getNChannels() if channels and imp.getNChannels() > 1 else imp.getStackSize())
+    if not channels and imp.getStackSize() > 1 or planes > 1:
+        raise ClemError("the %s image %s is a stack (%d planes); fiducial registration is 2-D"
+                        % (what, imp.getTitle(), imp.getStackSize()))
+
+
+def _upload_name(imp):
+    stem = re.sub(r"\.(tiff?|png|jpe?g|gif|bmp)$", "", imp.getTitle(), flags=re.I)
+    return (re.sub(r"[^\w.-]+", "_", stem) or "image") + ".tif"
+
+
+def _open_view(saved, name, em_title):
+    """Open a downloaded artifact (shown in the GUI); None when the job did not write it."""
+    if name not in saved:
+        return None
+    imp = IJ.openImage(saved[name])
+    if imp is None:
+        raise ClemError("ImageJ cannot open the server's %s" % saved[name])
+    imp.setTitle("%s_%s" % (name.rsplit(".", 1)[0], em_title))
+    if not is_headless():
+        imp.show()
+    return imp
 
 
 def match_pairs(folder, em_pattern, lm_pattern):

@@ -20,6 +20,7 @@ from java.io import ByteArrayOutputStream, File, IOException
 from java.lang import ProcessBuilder, String as JString, System, Thread
 from java.net import ConnectException, MalformedURLException, SocketTimeoutException, \
     UnknownHostException, URL
+from java.nio.file import Files
 from jarray import zeros
 
 from ij import IJ
@@ -48,8 +49,10 @@ class Server(object):
     def is_local(self):
         return URL(self.url).getHost().lower() in LOCAL_HOSTS
 
-    def request(self, method, path, payload=None, content_type=None, read_timeout_s=None, connect_timeout_s=None):
-        """One HTTP request; returns the JSON answer. Every failure is a one-sentence ClemError."""
+    def request(self, method, path, payload=None, content_type=None, read_timeout_s=None, connect_timeout_s=None,
+                raw=False):
+        """One HTTP request; returns the JSON answer (``raw``: the body's bytes). Every failure is a
+        one-sentence ClemError."""
         try:
             conn = URL(self.url + path).openConnection()
         except MalformedURLException:
@@ -79,6 +82,8 @@ class Server(object):
         body = _read_all(stream) if stream is not None else ""
         if status >= 400:
             raise ClemError(_http_error(status, path, body, self.url))
+        if raw:
+            return body
         try:
             return json.loads(JString(body, "UTF-8").toString()) if body else {}
         except ValueError:
@@ -86,6 +91,13 @@ class Server(object):
 
     def get_json(self, path):
         return self.request("GET", path)
+
+    def download(self, job, name, folder):
+        """Save the artifact ``name`` of a finished ``job`` into ``folder``; returns its path."""
+        data = self.request("GET", "/v1/jobs/%s/artifacts/%s" % (job["id"], name), read_timeout_s=900, raw=True)
+        path = File(folder, name)
+        Files.write(path.toPath(), data)
+        return path.getPath()
 
     def post_multipart(self, path, fields, files):
         """POST form ``fields`` {name: text} and ``files`` [(name, filename, byte[])] as multipart/form-data."""
@@ -105,14 +117,21 @@ class Server(object):
         return self.request("POST", path, buf.toByteArray(), "multipart/form-data; boundary=" + boundary,
                             read_timeout_s=900)
 
-    def wait_job(self, job_id, label="CLEM", timeout_s=24 * 3600):
-        """Long-poll /v1/jobs/{id} until it ends, showing stage and progress in the status bar."""
+    def post_json(self, path, obj):
+        """POST ``obj`` as a JSON body; returns the JSON answer."""
+        return self.request("POST", path, JString(json.dumps(obj)).getBytes("UTF-8"), "application/json",
+                            read_timeout_s=900)
+
+    def wait_job(self, job_id, label="CLEM", timeout_s=24 * 3600, job=None):
+        """Long-poll /v1/jobs/{id} until it ends (``job``: its last known state), showing stage and progress
+        in the status bar."""
         t0 = time.time()
         while True:
             if not is_headless() and IJ.escapePressed():
                 self.request("DELETE", "/v1/jobs/%s" % job_id)
                 raise ClemError("cancelled: the server job %s was cancelled (Esc)" % job_id)
-            job = self.get_json("/v1/jobs/%s?wait=1" % job_id)
+            if job is None or job.get("status") not in ("done", "failed", "cancelled", "interrupted"):
+                job = self.get_json("/v1/jobs/%s?wait=1" % job_id)
             state = job.get("status")
             IJ.showProgress(float(job.get("progress") or 0.0))
             IJ.showStatus("%s: %s %s" % (label, state, job.get("stage") or ""))
@@ -124,13 +143,15 @@ class Server(object):
                 raise ClemError("the server's %s job %s: %s" % (label, state, _job_error(job)))
             if time.time() - t0 > timeout_s:
                 raise ClemError("the server's job %s did not finish within %d s" % (job_id, timeout_s))
+            job = None
 
-    def submit_and_wait(self, endpoint, files, params, label):
-        """POST a job (multipart ``files`` [(field, filename, byte[])] + JSON ``params``), wait for it;
-        returns (its result record, the job)."""
+    def submit_and_wait(self, endpoint, files, params, label, wait_s=0):
+        """POST a job (multipart ``files`` [(field, filename, byte[])] + JSON ``params``; ``?wait=wait_s``
+        lets a short job answer finished), wait for it; returns (its result record, the job)."""
         IJ.showStatus("%s: uploading" % label)
-        job = self.post_multipart(endpoint, {"params": json.dumps(params)}, files)
-        job = self.wait_job(job["id"], label)
+        path = endpoint + ("?wait=%d" % wait_s if wait_s else "")
+        job = self.post_multipart(path, {"params": json.dumps(params)}, files)
+        job = self.wait_job(job["id"], label, job=job)
         return self.get_json("/v1/jobs/%s/result" % job["id"]), job
 
 

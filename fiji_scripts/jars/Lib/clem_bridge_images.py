@@ -4,6 +4,7 @@ from java.awt import Color
 from java.io import File
 
 from ij import CompositeImage, IJ, ImagePlus, ImageStack, WindowManager
+from ij.gui import Roi
 from ij.io import FileSaver
 from ij.process import LUT
 
@@ -104,6 +105,27 @@ def unit_name(imp):
         return "pixel"
     unit = cal.getUnit()
     return "um" if unit in (u"\u00b5m", u"\u03bcm", "micron", "microns") else unit
+
+
+def pixel_size(imp):
+    """The calibration as the server's ``{"x", "y", "unit"}`` pixel size, or None when uncalibrated."""
+    cal = calibration(imp)
+    if cal is None:
+        return None
+    return {"x": float(cal.pixelWidth), "y": float(cal.pixelHeight), "unit": unit_name(imp)}
+
+
+def point_selection(imp):
+    """The points [[x, y], ...] of the image's multi-point selection, or None without one.
+
+    Coordinates as ImageJ holds them (the clicked pixel's index; sub-pixel clicks at high zoom as they are),
+    taken as pixel centres, as Fiji's mpicbg Landmark Correspondences does.
+    """
+    roi = imp.getRoi()
+    if roi is None or roi.getType() != Roi.POINT:
+        return None
+    poly = roi.getFloatPolygon()
+    return [[float(poly.xpoints[i]), float(poly.ypoints[i])] for i in range(poly.npoints)]
 
 
 def save_tiff(imp, path):

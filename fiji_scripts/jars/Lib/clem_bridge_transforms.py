@@ -1,12 +1,14 @@
 # -*- coding: utf-8 -*-
-"""Transforms for the clem-bridge Fiji commands: 3x3 matrices, transform files, warping.
+"""Transforms for the clem-bridge Fiji commands: 3x3 and 4x4 matrices, transform files, warping.
 
 Convention (as clem_bridge.transforms): pixel centres at integer (x, y), x right, y down; a
 registration is the 3x3 ``fixed_to_moving`` matrix (EM pixel -> LM pixel) as nested lists; det < 0
-(a mirrored LM) is allowed.  Transform files: our transform JSON, BigWarp landmarks CSV (moving
-columns first, world units), BigWarp/BDV SpimData XML and mpicbg AffineModel2D XML, written exactly
-like clem_bridge.export.  Warping runs in the compiled Groovy helper ClemWarp.groovy (shared with the
-Groovy commands), never pixel by pixel in Jython.
+(a mirrored LM) is allowed.  3-D (transform JSON with ``ndim`` 3, as clem_bridge.transforms3d): a 4x4
+matrix over voxel (x, y, z), z = slice index, applied to stacks with :func:`warp_stack`.
+Transform files: our transform JSON, BigWarp landmarks CSV (moving columns first, world units),
+BigWarp/BDV SpimData XML and mpicbg AffineModel2D XML, written exactly like clem_bridge.export.
+Warping runs in the compiled Groovy helper ClemWarp.groovy (shared with the Groovy commands), never
+pixel by pixel in Jython.
 """
 import codecs
 import json
@@ -221,12 +223,21 @@ def read_mpicbg_xml(path):
     return inverse(total)
 
 
-def read_json_transform(path):
+def read_json_record(path):
+    """Our transform JSON as a dict (``fixed_to_moving`` checked to be there)."""
     try:
         rec = json.loads(_read_text(path))
-        return check_matrix(rec["fixed_to_moving"], "fixed_to_moving in %s" % path)
+        rec["fixed_to_moving"]
+        return rec
     except (ValueError, KeyError, TypeError):
         raise ClemError("%s is not a clem-bridge transform JSON" % path)
+
+
+def read_json_transform(path):
+    rec = read_json_record(path)
+    if rec.get("ndim") == 3:
+        raise ClemError("%s is a 3-D transform (ndim 3); apply it to stacks" % path)
+    return check_matrix(rec["fixed_to_moving"], "fixed_to_moving in %s" % path)
 
 
 def read_transform(path, fixed_cal=None, moving_cal=None):
@@ -242,6 +253,52 @@ def read_transform(path, fixed_cal=None, moving_cal=None):
             return read_bigwarp_xml(path, fixed_cal)
         return read_mpicbg_xml(path)
     raise ClemError("unknown transform file type %s; expected .json, .csv or .xml" % File(path).getName())
+
+
+# --- 3-D: 4x4 fixed_to_moving over voxel (x, y, z), stacks -------------------------------
+
+def check_matrix4(m, what):
+    """A finite, invertible 4x4 affine (last row 0 0 0 1) as nested lists, else a ClemError."""
+    msg = "%s is not a finite 4x4 matrix with last row 0 0 0 1" % what
+    try:
+        m = [[float(v) for v in row] for row in m]
+    except (TypeError, ValueError):
+        raise ClemError(msg)
+    if len(m) != 4 or any(len(r) != 4 for r in m) or m[3] != [0.0, 0.0, 0.0, 1.0] or \
+            any(math.isnan(v) or math.isinf(v) for r in m for v in r):
+        raise ClemError(msg)
+    det = (m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+           + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]))
+    if abs(det) < 1e-12:
+        raise ClemError("the transform is singular (it collapses the image)")
+    return m
+
+
+def warp_stack(lm_imp, record, em_imp, path="the transform", title=None):
+    """Every channel of an LM stack warped onto the EM stack's voxel grid with a 3-D transform record
+    (trilinear, as clem_bridge.transforms3d.warp_volume); a C x Z hyperstack with the EM calibration."""
+    f2m = check_matrix4(record.get("fixed_to_moving"), "fixed_to_moving in %s" % path)
+    for imp, what in ((em_imp, "EM"), (lm_imp, "LM")):
+        if imp.getNFrames() > 1:
+            raise ClemError("the %s image %s is a time series; a 3-D transform takes z stacks" % (what, imp.getTitle()))
+    for key, imp, what in (("fixed_shape", em_imp, "EM"), ("moving_shape", lm_imp, "LM")):
+        got = [imp.getNSlices(), imp.getHeight(), imp.getWidth()]
+        want = record.get(key)
+        if want is not None and [int(v) for v in want] != got:
+            raise ClemError("%s is for a %s %s stack (depth x height x width), but %s is %s"
+                            % (File(str(path)).getName(), "x".join(str(v) for v in want), what, imp.getTitle(),
+                               "x".join(str(v) for v in got)))
+    return _warper().warpStack(lm_imp, f2m, em_imp, title or ("warped_" + lm_imp.getTitle()))
+
+
+def apply_transform_file(lm_imp, path, em_imp, title=None):
+    """``lm_imp`` warped onto ``em_imp``'s canvas with a saved transform: a 3-D transform JSON (ndim 3) on
+    stacks, else any 2-D file :func:`read_transform` reads; returns the warped ImagePlus."""
+    if str(path).lower().endswith(".json"):
+        rec = read_json_record(path)
+        if rec.get("ndim") == 3:
+            return warp_stack(lm_imp, rec, em_imp, path, title)
+    return warp_image(lm_imp, read_transform(path, calibration(em_imp), calibration(lm_imp)), em_imp, title)
 
 
 # --- transform files: write (same content as clem_bridge.export) ------------------------
