@@ -394,9 +394,9 @@ def _connect(workers: int, scheduler: Optional[str]):
             return Client(scheduler, timeout="30s"), None
         except (OSError, TimeoutError, ValueError) as e:
             raise InputError(f"cannot reach the Dask scheduler {scheduler} ({e})") from None
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                           host="127.0.0.1", env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
-                           silence_logs=logging.ERROR)
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                           dashboard_address="127.0.0.1:0",          # any free port: batches may run side by side
+                           env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}, silence_logs=logging.ERROR)
     return Client(cluster), cluster
 
 
