@@ -24,6 +24,8 @@ import clem_bridge_transforms as transforms
 
 BUDGET_TERMS = (("sigma_em", "sigma EM"), ("sigma_lm", "sigma LM"), ("sigma_alignment", "sigma alignment"),
                 ("sigma_total", "sigma total"), ("fre", "FRE"), ("tre_loo", "TRE leave-one-out"))
+STACK_HINT = (" (the server has no 3-D registration yet): register the stacks with 'clem-bridge register EM LM "
+              "-o DIR', which registers stacks in 3-D, and apply its transform.json with Apply CLEM Transform")
 FIDUCIAL_VIEWS = ("lm_warped.tif", "fusion.png", "tre_map.png")
 SUMMARY_COLUMNS = ["pair", "status", "source", "em_file", "lm_file", "mi", "ncc", "overlap", "ms_ssim",
                    "warnings", "error"]
@@ -36,6 +38,7 @@ def register(em_file, em_title, lm_file, lm_title, reg_channel, channels, server
     """Register EM-LM (MINE) on the server, warp the LM channels with ImageJ; returns (warped, status)."""
     em = images.input_image(em_file, em_title, "EM image")
     lm = images.input_image(lm_file, lm_title, "LM image")
+    _check_planes(em, lm, "Register EM-LM", STACK_HINT)
     out = images.output_dir(out_dir)
     server = http.connect(server_url, token)
     f2m, warped, comp, record = register_and_apply(server, em, lm, reg_channel, channels, out, preset, seed)
@@ -125,8 +128,7 @@ def fiducials(em_file, em_title, lm_file, lm_title, lm_channel, bead_nm, model, 
     budget; returns (warped LM, status)."""
     em = images.input_image(em_file, em_title, "EM image")
     lm = images.input_image(lm_file, lm_title, "LM image")
-    _check_plane(em, "EM", False)
-    _check_plane(lm, "LM", True)
+    _check_planes(em, lm, "fiducial registration")
     n = len(images.channel_processors(lm))
     if not 0 <= int(lm_channel) < n:
         raise ClemError("LM bead channel %d does not exist in %s (it has %d)" % (lm_channel, lm.getTitle(), n))
@@ -138,13 +140,13 @@ def fiducials(em_file, em_title, lm_file, lm_title, lm_channel, bead_nm, model, 
         params[key] = images.pixel_size(imp)
         if params[key] is None:
             raise ClemError("the %s image %s has no pixel size; set it in Image > Properties (the bead size and "
-                            "the scale come from it)" % (what, em.getTitle() if what == "EM" else lm.getTitle()))
+                            "the scale come from it)" % (what, imp.getTitle()))
     out = images.output_dir(out_dir)
     if images.point_selection(em) and images.point_selection(lm):
         log("CLEM fiducials: both images carry point selections; Plugins > CLEM > Register Landmarks fits those")
     server = http.connect(server_url, token)
     files = [("em", _upload_name(em), images.tiff_bytes(em)), ("lm", _upload_name(lm), images.tiff_bytes(lm))]
-    record, job = server.submit_and_wait("/v1/fiducials", files, params, "CLEM fiducials", wait_s=30)
+    record, job = server.submit_and_wait("/v1/fiducials", files, params, "CLEM fiducials", wait_s=10)
     saved = dict((name, server.download(job, name, out)) for name in job.get("artifacts") or [])
     log("CLEM fiducials: registered %s to %s by beads; fixed_to_moving = %s; files in %s"
         % (lm.getTitle(), em.getTitle(), record.get("fixed_to_moving"), out))
@@ -244,12 +246,14 @@ def _points_text(points):
     return "%d points" % len(points) if points else "no point selection"
 
 
-def _check_plane(imp, what, channels):
-    """A 2-D image (with ``channels``, several channels: a stack without z or time) or else a clear error."""
-    planes = imp.getStackSize() // (imp.getNChannels() if channels and imp.getNChannels() > 1 else imp.getStackSize())
-    if not channels and imp.getStackSize() > 1 or planes > 1:
-        raise ClemError("the %s image %s is a stack (%d planes); fiducial registration is 2-D"
-                        % (what, imp.getTitle(), imp.getStackSize()))
+def _check_planes(em, lm, command, hint=""):
+    """2-D images, else a clear error: the EM one plane, the LM one plane per channel (a plain stack counts as
+    channels, a hyperstack must have no z or time)."""
+    lm_planes = lm.getStackSize() // lm.getNChannels() if lm.getNChannels() > 1 else 1
+    for imp, what, planes in ((em, "EM", em.getStackSize()), (lm, "LM", lm_planes)):
+        if planes > 1:
+            raise ClemError("the %s image %s is a stack (%d planes); %s is 2-D%s"
+                            % (what, imp.getTitle(), imp.getStackSize(), command, hint))
 
 
 def _upload_name(imp):
