@@ -7,14 +7,16 @@ Cases (1280×954 unless the shared data is missing):
 * ``wide`` (6): ±30°, ≤ 15 % shift;
 * ``mirrored`` (4, LM seen from the other side: det < 0), ``rotated`` (90° + 25 % shift, 180°, −135°),
   ``scaled`` (LM/EM pixel scale 0.8, 1.25, 0.5, 2 without calibration);
-* ``phantom``: synthetic pairs (clem_bridge.synthetic) mirrored, 180°, scale 0.5 and 2.
+* ``phantom``: synthetic pairs (clem_bridge.synthetic) mirrored, 180°, scale 0.5 and 2;
+* ``random`` (not run by default; ``--random N --seed S``): held-out style cases, any rotation, half of
+  them mirrored, scale 0.8–1.25, ≤ 15 % shift.
 
 Each case runs every method back to back (interleaved, so machine load affects them alike); the
 report has wall and CPU seconds, TRE (mean, LM px), success (TRE < 2 px), silent failures (status
 "ok" but TRE > 2 px), per-group medians and per-case MINE/reference time ratios, and is saved as JSON.
 
     python benchmarks/bench_register.py [--groups standard wide ...] [--no-elastix] [--no-sitk]
-        [--threads 2] [--out benchmarks/results/bench_register-2core-cpu.json]
+        [--random N --seed S] [--threads 1] [--out benchmarks/results/bench_register-2core-cpu.json]
 """
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ def _case(group, em_id, shape, rot=0.0, scale=1.0, shift=(0.0, 0.0), shear=0.0, 
                 shear=round(float(shear), 4), mirrored=mirrored)
 
 
-def build_cases(groups) -> list[dict]:
+def build_cases(groups, n_random: int = 0, seed: int = 14) -> list[dict]:
     rng = np.random.default_rng(14)
     real = DATA.exists()
     ems = ["s6", "s7", "s8"] if real else ["phantom"]
@@ -72,6 +74,12 @@ def build_cases(groups) -> list[dict]:
     for k, (rot, sc, mir) in enumerate(((20.0, 1.0, True), (180.0, 1.0, False), (5.0, 0.5, False),
                                         (-5.0, 2.0, False))):
         out.append(_case("phantom", "phantom", shape, rot, sc, (0.05, -0.05), mirrored=mir))
+    held = np.random.default_rng(seed)
+    for k in range(n_random):
+        out.append(_case("random", ems[k % len(ems)], shape, held.uniform(-180, 180),
+                         np.exp(held.uniform(np.log(0.8), np.log(1.25))), held.uniform(-0.15, 0.15, 2),
+                         held.uniform(-0.02, 0.02), mirrored=bool(held.random() < 0.5),
+                         stretch=held.uniform(0.98, 1.02)))
     return [c for c in out if c["group"] in groups]
 
 
@@ -198,6 +206,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--limit", type=int, default=0, help="only the first N cases of each group")
+    ap.add_argument("--random", type=int, default=0, help="add N random held-out style cases (group 'random')")
+    ap.add_argument("--seed", type=int, default=14, help="seed of the random cases")
     ap.add_argument("--out", type=Path, default=None, help="save the JSON report here")
     args = ap.parse_args()
     if args.threads:
@@ -212,9 +222,10 @@ def main() -> None:
     warm = make_pair((128, 128), seed=0)
     for fn in methods.values():
         fn(warm.em, warm.lm["reflected"])
-    cases = build_cases(args.groups)
+    groups = args.groups + (["random"] if args.random else [])
+    cases = build_cases(groups, args.random, args.seed)
     if args.limit:
-        cases = [c for g in args.groups for c in [c for c in cases if c["group"] == g][:args.limit]]
+        cases = [c for g in groups for c in [c for c in cases if c["group"] == g][:args.limit]]
     rows = []
     for i, case in enumerate(cases):
         fixed, moving, truth = make_images(case, seed=i)
