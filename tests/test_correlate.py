@@ -9,9 +9,15 @@ from PIL import Image
 from clem_bridge import synthetic as S
 from clem_bridge import transforms as T
 from clem_bridge.errors import Cancelled, InputError
-from clem_bridge.insilico.correlate import SearchParams, chromatin_channel, register_chromatin
+from clem_bridge.insilico.correlate import (MIN_MARGIN, SearchParams, choose_hypothesis, chromatin_channel, outcome,
+                                           register_chromatin, scale_prior)
+from clem_bridge.insilico.normalize import correlation_input
+from clem_bridge.insilico.refine import blur, refine_pyramid, refine_similarity
+from clem_bridge.insilico.search import Hypothesis, binned
+from clem_bridge.insilico.score import ncc, overlap_score
+from clem_bridge.io import convert_length, normalize_unit
+from clem_bridge.schema import PixelSize
 from clem_bridge.insilico.nuclei import MIN_BLOBS, NUCLEI_MAX_SHIFT, count_blobs, refine_nuclei
-from clem_bridge.insilico.score import ncc
 from clem_bridge.io import read_image
 
 SHAPE = (256, 256)
@@ -164,3 +170,76 @@ def test_ncc():
     a = np.random.default_rng(0).random((20, 20))
     assert ncc(a, 3 * a + 1) == pytest.approx(1.0)
     assert ncc(a, -a) == pytest.approx(-1.0)
+
+
+def test_the_best_coarse_peak_is_wrong_and_the_second_is_right():
+    """Hypotheses are refined and chosen by the common overlap score, not by the coarse score: a wrong
+    position handed over first with the higher coarse score loses to the right one handed over second."""
+    pair, pred, f2m = case(28.0, 1.0, SHAPE, seed=11)
+    wrong = Hypothesis(f2m @ T.from_params(translation=(70.0, -40.0)), score=0.9)
+    near = Hypothesis(f2m @ T.from_params(rotation_deg=2.0, translation=(3.0, -2.0), center=T.center_of(SHAPE)),
+                      score=0.4)
+    fixed, moving = correlation_input(pred), correlation_input(pair.lm["chromatin"])
+    best, margin, n = choose_hypothesis(fixed, moving, [wrong, near], 256)
+    assert n == 2 and T.tre(best.matrix, f2m, SHAPE) < 1.0
+    assert margin > MIN_MARGIN and best.score == pytest.approx(overlap_score(blur(fixed, 1.0), blur(moving, 1.0),
+                                                                             best.matrix))
+    again, _, _ = choose_hypothesis(fixed, moving, [near, wrong], 256)
+    assert np.allclose(again.matrix, best.matrix)
+
+
+def test_a_diverging_refinement_is_rejected():
+    """Fine dots agree at the identity; a faint broad blob agrees 15 px away.  The coarse level (dots
+    averaged out) walks to the blob and a plain coarse-to-fine chain stays there; the pyramid compares
+    every level's start with the original one on that level's score and keeps the identity."""
+    rng = np.random.default_rng(0)
+    dots = np.zeros(SHAPE, np.float32)
+    dots[rng.integers(0, 256, 900), rng.integers(0, 256, 900)] = 1.0
+    dots = cv2.GaussianBlur(dots, (0, 0), 1.0)
+    yy, xx = np.mgrid[0:256, 0:256]
+    blob = lambda x0: np.exp(-((xx - x0) ** 2 + (yy - 128) ** 2) / (2 * 20.0 ** 2)).astype(np.float32)  # noqa: E731
+    fixed, moving = dots + 0.1 * blob(110), dots + 0.1 * blob(125)
+    fw, bf = binned(fixed, 32 / 256)
+    mw, bm = binned(moving, 32 / 256)
+    coarse, _ = refine_similarity(fw, mw, np.eye(3))
+    walked = bm @ coarse @ np.linalg.inv(bf)
+    stuck, stuck_score = refine_similarity(fixed, moving, walked)
+    assert T.tre(walked, np.eye(3), SHAPE) > 8 and T.tre(stuck, np.eye(3), SHAPE) > 8   # the chain diverges
+    m, score = refine_pyramid(fixed, moving, np.eye(3), [32, 256])
+    assert T.tre(m, np.eye(3), SHAPE) < 0.5 and score > stuck_score
+    assert score >= overlap_score(blur(fixed, 1.0), blur(moving, 1.0), np.eye(3))
+
+
+def test_nm_em_and_um_chromatin_give_the_scale_prior():
+    """EM calibrated in nm, chromatin in µm (the usual CLEM files): units are converted, never refused."""
+    pair, pred, f2m = case(-15.0, 0.5, (160, 150), seed=12, shift=(3.0, 2.0), lm_pixel_ratio=2.0)
+    fx = convert_length(pair.fixed_pixel_size.x, normalize_unit(pair.fixed_pixel_size.unit), "nm")
+    mx = convert_length(pair.moving_pixel_size.x, normalize_unit(pair.moving_pixel_size.unit), "um")
+    em_nm, lm_um = PixelSize(x=fx, y=fx, unit="nm"), PixelSize(x=mx, y=mx, unit="µm")
+    reg = register_chromatin(pred, pair.lm["chromatin"], fixed_pixel_size=em_nm, moving_pixel_size=lm_um)
+    assert reg.params["scale_prior"] == pytest.approx(0.5) and reg.params["scale_fixed"]
+    assert T.tre(reg.fixed_to_moving, f2m, SHAPE) < 1.5
+    assert scale_prior(PixelSize(x=5.0, y=5.0, unit="nm"), PixelSize(x=0.1, y=0.1, unit="um")) == pytest.approx(0.05)
+    angstrom_mm = scale_prior(PixelSize(x=50.0, y=50.0, unit="Å"), PixelSize(x=1e-4, y=1e-4, unit="mm"))
+    assert angstrom_mm == pytest.approx(0.05)
+    assert scale_prior(PixelSize(x=5.0, y=5.0, unit="nm"), None) is None
+
+
+def test_outcome_rules():
+    assert outcome(0.5, 0.4, 14, 0.9, 0.6) == ("ok", [])
+    status, why = outcome(0.5, 0.02, 14, 0.9, 0.6)
+    assert status == "uncertain" and "ambiguous" in why[0]
+    status, why = outcome(0.5, None, 5, 0.2, None)
+    assert status == "uncertain" and len(why) == 2
+    status, why = outcome(0.5, 0.4, 14, 0.9, 0.05)
+    assert status == "failed" and "heterochromatin" in why[0]
+    assert outcome(0.05, 0.4, 14, 0.9)[0] == "failed" and outcome(0.5, 0.4, 1, 0.9)[0] == "failed"
+    assert outcome(0.5, 0.4, 14, 0.9, 0.6, "the fitted scale lies at the edge")[0] == "failed"
+
+
+def test_nothing_in_common_fails():
+    """Chromatin of another field (a different phantom): the registration says it failed."""
+    pair, pred, _ = case(5.0, 1.0, SHAPE, seed=13)
+    other = S.make_pair(SHAPE, seed=99, cell_diameter=150.0)
+    reg = register_chromatin(pred, other.lm["chromatin"], em=pair.em, params=SearchParams(max_rotation=20))
+    assert reg.outcome == "failed" and any("edge of the searched range" in w for w in reg.warnings), reg.warnings

@@ -191,6 +191,59 @@ def test_cli_predict_and_correlate(tiny, tmp_path):
     assert r.exit_code == 2 and "chromatin channel" in r.output and "Traceback" not in r.output
 
 
+def test_cli_failed_correlation_exits_3_and_writes_its_files(tiny, tmp_path):
+    """A chromatin image with one stained speck: ``correlate`` writes its files, says ``failed``, exits with 3."""
+    _, folder = tiny
+    pair = S.make_pair((256, 256), seed=5)
+    yy, xx = np.mgrid[0:256, 0:256]
+    speck = np.exp(-((xx - 60) ** 2 + (yy - 70) ** 2) / (2 * 6.0 ** 2))
+    speck += 0.01 * np.random.default_rng(0).standard_normal((256, 256))
+    write_tiff(tmp_path / "em.tif", pair.em)
+    write_tiff(tmp_path / "lm.tif", speck.astype(np.float32))
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["correlate", str(tmp_path / "em.tif"), str(tmp_path / "lm.tif"), "--out", str(out),
+                                 "--model", str(folder), "--max-rotation", "20", "--device", "cpu"])
+    assert r.exit_code == 3, r.output
+    assert "status: failed" in r.output and "Traceback" not in r.output
+    reg = load_transform_json(out / "transform.json")
+    assert reg.outcome == "failed" and reg.warnings
+    for name in ("lm_warped.tif", "overlay.png", "predicted_chromatin.tif"):
+        assert (out / name).is_file()
+
+
+def stained_nucleus_centres(chromatin: np.ndarray) -> np.ndarray:
+    """(x, y) centres of the stained nuclei: Otsu foreground of the σ=4 px blurred chromatin, grouped by a
+    61 px dilation, centroid of each group's convex hull (groups ≥ 5000 px)."""
+    from skimage.filters import threshold_otsu
+    from skimage.measure import label
+    from skimage.morphology import convex_hull_image
+    b = cv2.GaussianBlur(chromatin.astype(np.float32), (0, 0), 4.0)
+    fg = b > threshold_otsu(b)
+    groups = label(cv2.dilate(fg.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (61, 61))) > 0)
+    hulls = [convex_hull_image(fg & (groups == k)) for k in range(1, groups.max() + 1)]
+    return np.array([[np.nonzero(h)[1].mean(), np.nonzero(h)[0].mean()] for h in hulls if h.sum() >= 5000])
+
+
+@pytest.mark.skipif(not (SHARED / "example").is_dir(), reason="DeepCLEM example not available")
+def test_deepclem_example_lands_on_its_nuclei(tmp_path):
+    """DeepCLEM's own example (shipped model; not one of its training pairs): the three EM nuclei (centres
+    marked by eye) land within 30 px of stained nuclei, the channel of interest goes along."""
+    from clem_bridge.workflows.correlate import correlate_files
+    ex = SHARED / "example"
+    reg = correlate_files(ex / "EM.png", ex / "Chromatin.png", tmp_path, device="cpu",
+                          extra_channel_paths=[ex / "Channel_of_interest.png"])
+    assert reg.outcome != "failed", reg.warnings
+    stained = stained_nucleus_centres(read_image(ex / "Chromatin.png").data[2])
+    mapped = T.apply_to_points(reg.fixed_to_moving, np.array([(178.0, 312.0), (520.0, 390.0), (872.0, 202.0)]))
+    dist = [np.min(np.hypot(*(stained - p).T)) for p in mapped]
+    assert max(dist) < 30, dist
+    warped = read_image(tmp_path / "lm_warped.tif").data
+    coi = read_image(ex / "Channel_of_interest.png").data
+    assert warped.shape[0] == 3 + coi.shape[0]
+    expected, valid = T.warp_channels([coi[1].astype(np.float32)], reg.fixed_to_moving, warped.shape[1:])
+    assert np.allclose(warped[4][valid], expected[0][valid], atol=1)
+
+
 def test_cli_train_chromatin_writes_model_and_card(tmp_path):
     data = tmp_path / "data"
     for k, seed in (("a", 1), ("b", 2)):

@@ -31,18 +31,21 @@ from ..result import Registration
 from ..schema import PixelSize
 from . import DEFAULT_MODEL
 from .normalize import correlation_input
-from .nuclei import MIN_BLOBS, count_blobs, refine_nuclei
+from .nuclei import MIN_BLOBS, NUCLEI_MIN_NCC, count_blobs, nuclei_contrast, refine_nuclei
 from .refine import blur, refine_ecc, refine_pyramid
 from .score import ncc, overlap_score
 from .search import Hypothesis, SearchParams, binned, coarse_hypotheses, distinct
 
-__all__ = ["SearchParams", "register_chromatin", "correlate", "chromatin_channel", "scale_prior", "outcome"]
+__all__ = ["SearchParams", "choose_hypothesis", "register_chromatin", "correlate", "chromatin_channel", "scale_prior",
+           "outcome"]
 
 SCALE_SNAP = 0.06              # fitted scale within ±6 % of the pixel sizes' ratio: use the ratio
 MIN_MARGIN = 0.1               # best vs distinct runner-up (relative score difference) below this: uncertain
 MIN_OVERLAP = 0.3              # fraction of the EM covered by the chromatin image below this: uncertain
 FAIL_SCORE = 0.1               # best overlap score below this: failed (no correlation found)
 FAIL_BLOBS = 2                 # fewer stained nuclei in common: failed
+EDGE = 1.03                    # a fitted scale within 3 % of the searched range's ends: failed
+FAIL_CONTRAST = 0.1            # EM vs registered chromatin inside the nuclei (|NCC|) below this: failed
 
 
 def scale_prior(fixed_pixel_size: Optional[PixelSize], moving_pixel_size: Optional[PixelSize]) -> Optional[float]:
@@ -56,9 +59,21 @@ def scale_prior(fixed_pixel_size: Optional[PixelSize], moving_pixel_size: Option
     return float(np.sqrt(fixed_pixel_size.x * fixed_pixel_size.y / (mx * my)))
 
 
-def outcome(score: float, margin: Optional[float], blobs: int, overlap: float) -> tuple[str, list[str]]:
-    """Status and reasons from the evidence (the caller adds stage warnings, which make ``ok`` uncertain)."""
+def outcome(score: float, margin: Optional[float], blobs: int, overlap: float,
+            contrast: Optional[float] = None, scale_edge: Optional[str] = None) -> tuple[str, list[str]]:
+    """Status and reasons from the evidence (the caller adds stage warnings, which make ``ok`` uncertain).
+
+    ``contrast``: :func:`.nuclei.nuclei_contrast` when the EM is known (the check that does not depend on
+    the prediction: a weak prediction can score a wrong position higher than the right one).
+    ``scale_edge``: a description when the fitted scale lies at the edge of the searched range (the
+    signature of a match that shrank or blew up the field: failed)."""
     failed, uncertain = [], []
+    if scale_edge:
+        failed.append(scale_edge)
+    if contrast is not None and contrast < NUCLEI_MIN_NCC:
+        (failed if contrast < FAIL_CONTRAST else uncertain).append(
+            f"the EM shows {'no' if contrast < FAIL_CONTRAST else 'little'} dense heterochromatin under the "
+            f"registered chromatin (NCC {contrast:.2f} inside the nuclei): the match is probably wrong")
     if score < FAIL_SCORE:
         failed.append(f"the prediction and the chromatin correlate at only {score:.2f} (overlap score): "
                       "no match found")
@@ -75,6 +90,26 @@ def outcome(score: float, margin: Optional[float], blobs: int, overlap: float) -
     return ("failed" if failed else "uncertain" if uncertain else "ok"), failed + uncertain
 
 
+def choose_hypothesis(fixed: np.ndarray, moving: np.ndarray, hyps: list[Hypothesis], size: int,
+                      check_cancel=None) -> tuple[Hypothesis, Optional[float], int]:
+    """Refine every hypothesis at working size ``size`` and keep the best by :func:`.score.overlap_score`.
+
+    Returns (best, margin, distinct count): refined hypotheses that converge together count once; the
+    margin is the relative score difference to the best distinct runner-up (None when there is none).
+    The coarse scores only order the work: the coarse search's best peak is not always the right one.
+    """
+    refined = []
+    for h in hyps:
+        if check_cancel:
+            check_cancel()
+        m, s = refine_pyramid(fixed, moving, h.matrix, [size])
+        refined.append(Hypothesis(m, s, h.angle, h.scale))
+    refined = distinct(refined, fixed.shape, len(refined))
+    best = refined[0]
+    margin = (best.score - refined[1].score) / max(best.score, 1e-6) if len(refined) > 1 else None
+    return best, margin, len(refined)
+
+
 def register_chromatin(predicted: np.ndarray, chromatin: np.ndarray, *, params: SearchParams = SearchParams(),
                        em: Optional[np.ndarray] = None, fixed_pixel_size: Optional[PixelSize] = None,
                        moving_pixel_size: Optional[PixelSize] = None,
@@ -86,7 +121,8 @@ def register_chromatin(predicted: np.ndarray, chromatin: np.ndarray, *, params: 
     refinement finishes.  Metrics: ``ncc`` (prediction vs registered chromatin over the overlap),
     ``score`` (:func:`.score.overlap_score` at the refinement size, the criterion every stage is judged
     by), ``coarse_score``, ``margin`` (relative, best vs distinct runner-up), ``hypotheses``,
-    ``fitted_scale``, ``overlap``, ``chromatin_blobs`` and the ``nuclei_*`` metrics of :func:`refine_nuclei`.
+    ``fitted_scale``, ``overlap``, ``chromatin_blobs``, the ``nuclei_*`` metrics of :func:`refine_nuclei` and
+    ``nuclei_contrast`` (with the EM).
     ``status``: see :func:`outcome`.
     """
     t0 = time.perf_counter()
@@ -115,16 +151,11 @@ def register_chromatin(predicted: np.ndarray, chromatin: np.ndarray, *, params: 
     t1 = time.perf_counter()
     report("refinement", 0.5)
     half, full = params.refine_size // 2, params.refine_size
-    refined = []
-    for h in hyps:
-        check_cancel()
-        m, s = refine_pyramid(fixed, moving, h.matrix, [half])
-        refined.append(Hypothesis(m, s, h.angle, h.scale))
-    refined = distinct(refined, fixed.shape, len(refined))
-    best = refined[0]
-    margin = (best.score - refined[1].score) / max(best.score, 1e-6) if len(refined) > 1 else None
+    best, margin, n_distinct = choose_hypothesis(fixed, moving, hyps, half, check_cancel)
     check_cancel()
-    m, score = refine_pyramid(fixed, moving, best.matrix, [full])
+    m, score = best.matrix, best.score
+    if min(1.0, full / max(fixed.shape)) > min(1.0, half / max(fixed.shape)):   # else already refined at that size
+        m, score = refine_pyramid(fixed, moving, best.matrix, [full])
     f = min(1.0, full / max(fixed.shape))
     (fw, bf), (mw, bm) = binned(fixed, f), binned(moving, f)
     fs, ms = blur(fw, 1.0), blur(mw, 1.0)
@@ -154,7 +185,13 @@ def register_chromatin(predicted: np.ndarray, chromatin: np.ndarray, *, params: 
     warped, valid = T.warp_channels([moving], m, fixed.shape)
     q = ncc(fixed, warped[0], valid) if valid.sum() > 16 else 0.0
     blobs = count_blobs(warped[0], valid)
-    status, reasons = outcome(score, margin, blobs, float(valid.mean()))
+    contrast = nuclei_contrast(em, moving, m) if em is not None else None
+    lo, hi = (prior or 1.0) * params.scale_range[0], (prior or 1.0) * params.scale_range[1]
+    edge = None
+    if not lo * EDGE < T.scale_of(m) < hi / EDGE:
+        edge = (f"the fitted scale {T.scale_of(m):.3f} lies at the edge of the searched range {lo:.3f}–{hi:.3f}: "
+                "no consistent match" + ("" if prior else " (pixel sizes on both images fix the scale)"))
+    status, reasons = outcome(score, margin, blobs, float(valid.mean()), contrast, edge)
     warnings = reasons + warnings
     if status == "ok" and warnings:
         status = "uncertain"
@@ -163,9 +200,10 @@ def register_chromatin(predicted: np.ndarray, chromatin: np.ndarray, *, params: 
                         method=f"deepclem-{params.model}",
                         params={**params.__dict__, "scale_prior": prior or 1.0, "scale_fixed": fix_scale},
                         metrics={"ncc": q, "score": score, "coarse_score": hyps[0].score,
-                                 "margin": 1.0 if margin is None else margin, "hypotheses": float(len(refined)),
+                                 "margin": 1.0 if margin is None else margin, "hypotheses": float(n_distinct),
                                  "fitted_scale": fitted, "overlap": float(valid.mean()),
-                                 "chromatin_blobs": float(blobs), **extra},
+                                 "chromatin_blobs": float(blobs), **extra,
+                                 **({} if contrast is None else {"nuclei_contrast": contrast})},
                         warnings=warnings, status=status,
                         timings={"coarse_search_s": t1 - t0, "refine_s": t2 - t1},
                         fixed_pixel_size=fixed_pixel_size, moving_pixel_size=moving_pixel_size)

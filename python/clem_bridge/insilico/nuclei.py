@@ -36,6 +36,31 @@ def _stained(chromatin_on_em: np.ndarray, region: np.ndarray) -> Optional[np.nda
     return blurred > threshold_otsu(blurred[region])
 
 
+def _nuclei_setup(em: np.ndarray, chromatin: np.ndarray, init: np.ndarray, size: int, sigma: float):
+    """Binned EM and chromatin, ``init`` on that level, the nuclei mask and the start NCC (None: no nuclei)."""
+    f = min(1.0, size / max(em.shape))
+    (ew, be), (cw, bc) = binned(percentile_normalise(em, 1.0, 99.8, clip=False), f), binned(chromatin, f)
+    m0 = np.linalg.inv(bc) @ T.as_matrix(init) @ be
+    (warped,), valid = T.warp_channels([cw], m0, ew.shape)
+    inside = cv2.erode(valid.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
+    stained = _stained(warped, inside)
+    if stained is None:
+        return None
+    mask = (cv2.dilate(stained.astype(np.uint8), np.ones((15, 15), np.uint8)) > 0) & inside
+    if mask.sum() < 64:
+        return None
+    start = ncc(cv2.GaussianBlur(ew, (0, 0), sigma), cv2.GaussianBlur(warped, (0, 0), sigma), mask)
+    return ew, be, cw, bc, m0, mask, start
+
+
+def nuclei_contrast(em: np.ndarray, chromatin: np.ndarray, fixed_to_moving: np.ndarray, *, size: int = 1024,
+                    sigma: float = 2.0) -> float:
+    """|NCC| of the EM and the registered chromatin inside the stained nuclei: 0.5–0.7 where the chromatin
+    lies on the EM's dense heterochromatin (DeepCLEM pairs), under 0.17 at wrong positions; 0 without nuclei."""
+    setup = _nuclei_setup(em, chromatin, fixed_to_moving, size, sigma)
+    return 0.0 if setup is None else abs(setup[-1])
+
+
 def refine_nuclei(em: np.ndarray, chromatin: np.ndarray, init: np.ndarray, *, size: int = 1024,
                   sigma: float = 2.0, fix_scale: bool = False) -> tuple[np.ndarray, dict, Optional[str]]:
     """Heterochromatin refinement of ``init`` (EM px → chromatin px) on the EM itself.
@@ -44,20 +69,11 @@ def refine_nuclei(em: np.ndarray, chromatin: np.ndarray, init: np.ndarray, *, si
     Returns (matrix, metrics, warning or None); the stage keeps ``init`` when the EM shows no chromatin
     contrast (|NCC| < ``NUCLEI_MIN_NCC``) or when the change would exceed ``NUCLEI_MAX_SHIFT``.
     """
-    f = min(1.0, size / max(em.shape))
-    (ew, be), (cw, bc) = binned(percentile_normalise(em, 1.0, 99.8, clip=False), f), binned(chromatin, f)
-    m0 = np.linalg.inv(bc) @ T.as_matrix(init) @ be
-    (warped,), valid = T.warp_channels([cw], m0, ew.shape)
-    inside = cv2.erode(valid.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
     metrics = {"nuclei_ncc": 0.0, "nuclei_shift_px": 0.0, "nuclei_applied": 0.0}
-    stained = _stained(warped, inside)
-    if stained is None:
+    setup = _nuclei_setup(em, chromatin, init, size, sigma)
+    if setup is None:
         return init, metrics, None
-    nuclei = cv2.dilate(stained.astype(np.uint8), np.ones((15, 15), np.uint8))
-    mask = (nuclei > 0) & inside
-    if mask.sum() < 64:
-        return init, metrics, None
-    start = ncc(cv2.GaussianBlur(ew, (0, 0), sigma), cv2.GaussianBlur(warped, (0, 0), sigma), mask)
+    ew, be, cw, bc, m0, mask, start = setup
     metrics["nuclei_ncc"] = abs(start)
     if abs(start) < NUCLEI_MIN_NCC:
         return init, metrics, None
