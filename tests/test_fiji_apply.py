@@ -14,6 +14,7 @@ from scipy import ndimage
 
 from clem_bridge import export, io, synthetic, transforms
 from clem_bridge import transforms3d as T3
+from clem_bridge.export3d import write_all3d
 from clem_bridge.result import Registration
 from clem_bridge.schema import PixelSize
 from clem_bridge.volume.stack_io import read_stack, write_stack
@@ -296,9 +297,11 @@ def volumes(case):
     write_stack(root / "em.tif", rng.integers(0, 255, em_shape).astype(np.uint8), em_vox)
     write_stack(root / "lm.tif", lm, lm_vox)
     write_stack(root / "lm16.tif", lm16, lm_vox)
-    Registration(fixed_to_moving=f2m, fixed_shape=em_shape, moving_shape=lm_shape, method="truth", ndim=3,
-                 warnings=["z step 3x the EM's"]).save_json(root / "transform.json")
-    return {"root": root, "f2m": f2m, "em_shape": em_shape, "lm": lm, "lm16": lm16, "em_vox": em_vox}
+    reg = Registration(fixed_to_moving=f2m, fixed_shape=em_shape, moving_shape=lm_shape, method="truth", ndim=3,
+                       warnings=["z step 3x the EM's"], fixed_pixel_size=em_vox, moving_pixel_size=lm_vox)
+    reg.save_json(root / "transform.json")
+    csv = write_all3d(reg, root, moving_file="lm.tif")["bigwarp_csv"]
+    return {"root": root, "f2m": f2m, "em_shape": em_shape, "lm": lm, "lm16": lm16, "em_vox": em_vox, "csv": csv}
 
 
 def assert_same_volume_warp(path, lm, f2m, em_shape, atol):
@@ -314,9 +317,9 @@ def assert_same_volume_warp(path, lm, f2m, em_shape, atol):
 
 
 def test_apply_3d_transform_to_stacks_groovy_and_jython(case, volumes):
-    """transform.json with ndim 3 on ImageJ stacks: Groovy's Apply CLEM Transform and the Jython library give
-    transforms3d.warp_volume's trilinear values (float32 exactly, 16-bit within rounding) with the EM's voxel
-    calibration; stacks that do not match the transform, 2-D readers of it and Register EM-LM on stacks are one
+    """transform.json with ndim 3 (and the 3-D BigWarp landmarks CSV) on ImageJ stacks: Groovy's Apply CLEM
+    Transform and the Jython library give transforms3d.warp_volume's trilinear values (float32 exactly, 16-bit
+    within rounding) with the EM's voxel calibration; stacks that do not match the transform, 2-D readers of it and Register EM-LM on stacks are one
     clear sentence."""
     root, f2m, em_shape = volumes["root"], volumes["f2m"], volumes["em_shape"]
     r = run_script(case["app"], "Apply_CLEM_Transform.groovy",
@@ -333,6 +336,11 @@ def test_apply_3d_transform_to_stacks_groovy_and_jython(case, volumes):
                      f'transform_file="{root / "transform.json"}",out_file="{root / "x.tif"}"')
     assert bad.returncode == 2 and bad.stderr.strip() == ("error: transform.json is for a 8x30x36 LM stack "
                                                           "(depth x height x width), but em.tif is 12x40x48")
+    r = run_script(case["app"], "Apply_CLEM_Transform.groovy",     # the 3-D BigWarp landmarks CSV (world units)
+                   f'image_file="{root / "lm.tif"}",target_file="{root / "em.tif"}",'
+                   f'transform_file="{volumes["csv"]}",out_file="{root / "groovy_csv.tif"}"')
+    assert r.returncode == 0 and "(3-D)" in r.stdout, r.stdout + r.stderr
+    assert_same_volume_warp(root / "groovy_csv.tif", volumes["lm"], f2m, em_shape, atol=1e-3)
     code = f"""
 import clem_bridge_transforms as clem
 from clem_bridge_host import ClemError
@@ -341,7 +349,8 @@ from ij import IJ
 em, lm16 = IJ.openImage({str(root / 'em.tif')!r}), IJ.openImage({str(root / 'lm16.tif')!r})
 path = {str(root / 'transform.json')!r}
 save_tiff(clem.apply_transform_file(lm16, path, em), {str(root / 'jy16.tif')!r})
-flat = {{"fixed_to_moving": [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1]]}}
+save_tiff(clem.apply_transform_file(lm16, {str(volumes['csv'])!r}, em), {str(root / 'jy16_csv.tif')!r})
+flat = [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1]]
 for call in (lambda: clem.apply_transform_file(em, path, em), lambda: clem.read_transform(path),
              lambda: clem.warp_stack(lm16, flat, em)):
     try:
@@ -360,6 +369,7 @@ fiji.run_command("Register_EM-LM.py", lambda: fiji.register(
                                 "-o DIR', which registers stacks in 3-D, and apply its transform.json with Apply CLEM "
                                 "Transform")
     assert_same_volume_warp(root / "jy16.tif", volumes["lm16"][None], f2m, em_shape, atol=1)
+    assert_same_volume_warp(root / "jy16_csv.tif", volumes["lm16"][None], f2m, em_shape, atol=1)
     errors = [ln[6:] for ln in r.stdout.splitlines() if ln.startswith("error ")]
     assert errors == ["transform.json is for a 8x30x36 LM stack (depth x height x width), but em.tif is 12x40x48",
                       f"{root / 'transform.json'} is a 3-D transform (ndim 3); apply it to stacks",

@@ -4,7 +4,8 @@
 //   def loader = new GroovyClassLoader(getClass().classLoader); loader.addClasspath("<Fiji.app>/jars/Lib")
 //   def Clem = loader.loadClass("ClemBridgeFiji")
 // Same convention, file formats and host behaviour as the Jython modules (clem_bridge_transforms.py,
-// clem_bridge_host.py): fixed_to_moving maps EM pixel -> LM pixel, pixel centres at integers; exit codes only
+// clem_bridge_host.py): fixed_to_moving maps EM pixel -> LM pixel, pixel centres at integers (3-D: a 4x4 over
+// voxel x, y, z from a transform JSON with ndim 3 or a 3-D BigWarp CSV, applied to stacks); exit codes only
 // when the JVM was started to run the script headless from the command line. Problems are
 // IllegalArgumentException with a one-sentence message.
 import ij.IJ
@@ -68,7 +69,8 @@ class ClemBridgeFiji {
         try {
             def lm = open(imageFile, "image"), em = open(targetFile, "target image")
             String path = transformFile?.path ?: ""
-            boolean is3d = path.toLowerCase().endsWith(".json") && jsonNdim(text(path)) == 3
+            String low = path.toLowerCase()
+            boolean is3d = low.endsWith(".json") ? jsonNdim(text(path)) == 3 : low.endsWith(".csv") && csvFields(path) == 8
             def warped = is3d ? warpStack(lm, path, em) : warpImage(lm, readTransform(path, em.calibration, lm.calibration), em)
             if (outFile != null && !new FileSaver(warped).saveAsTiff(outFile.path)) throw new IllegalArgumentException("could not save $outFile")
             log("CLEM: applied ${transformFile.name}${is3d ? ' (3-D)' : ''} to ${lm.title}; saved ${outFile}")
@@ -148,21 +150,95 @@ class ClemBridgeFiji {
         return f.getText("UTF-8")
     }
 
-    static double[][] readBigWarpCsv(String path, Calibration fixedCal, Calibration movingCal) {
+    /** [moving, fixed] points of the active rows of a BigWarp landmarks CSV with ``fields`` fields a row. */
+    static List<List<double[]>> landmarkRows(String path, int fields, String what) {
         List<double[]> moving = [], fixed = []
+        int half = (fields - 2).intdiv(2)
         text(path).readLines().eachWithIndex { String line, int i ->
             if (!line.trim()) return
             def row = line.split(",").collect { it.trim().replaceAll(/^"|"$/, "") }
-            if (row.size() != 6) throw new IllegalArgumentException("$path row ${i + 1} has ${row.size()} fields; a 2-D BigWarp landmarks CSV has 6")
+            if (row.size() != fields) throw new IllegalArgumentException("$path row ${i + 1} has ${row.size()} fields; $what")
             if (!row[1].equalsIgnoreCase("true")) return
             double[] v
-            try { v = row[2..5].collect { Double.parseDouble(it) } as double[] }
+            try { v = row[2..<fields].collect { Double.parseDouble(it) } as double[] }
             catch (NumberFormatException e) { throw new IllegalArgumentException("$path is not a BigWarp landmarks CSV (non-numeric coordinate in row ${i + 1})") }
             if (v.any { Double.isInfinite(it) || Double.isNaN(it) }) throw new IllegalArgumentException("$path has active landmarks with an unset (infinite) point")
-            moving << ([v[0], v[1]] as double[]); fixed << ([v[2], v[3]] as double[])
+            moving << (v[0..<half] as double[]); fixed << (v[half..<(2 * half)] as double[])
         }
+        return [moving, fixed]
+    }
+
+    static int csvFields(String path) {
+        String first = text(path).readLines().find { it.trim() }
+        return first == null ? 0 : first.split(",").length
+    }
+
+    static double[][] readBigWarpCsv(String path, Calibration fixedCal, Calibration movingCal) {
+        def (moving, fixed) = landmarkRows(path, 6, "a 2-D BigWarp landmarks CSV has 6")
         def world = fitAffine(moving, fixed)
         return inverse(matmul(matmul(inverse(scale(fixedCal)), world), scale(movingCal)))
+    }
+
+    // --- 3-D: 4x4 affines over voxel (x, y, z) -------------------------------------------------
+
+    /** Inverse of a 3x3 matrix; null when singular relative to its scale. */
+    static double[][] inv3(double[][] m) {
+        double[][] c = new double[3][3]
+        for (int i = 0; i < 3; i++) for (int j = 0; j < 3; j++) {
+            int a = (i + 1) % 3, b = (i + 2) % 3, p = (j + 1) % 3, q = (j + 2) % 3
+            c[i][j] = m[p][a] * m[q][b] - m[p][b] * m[q][a]
+        }
+        double det = m[0][0] * c[0][0] + m[0][1] * c[1][0] + m[0][2] * c[2][0]
+        double s = Math.pow(m.flatten().collect { Math.abs(it as double) }.max() as double, 3)
+        if (s == 0 || Math.abs(det) <= 1e-12 * s) return null
+        return c.collect { r -> r.collect { it / det } } as double[][]
+    }
+
+    static double[][] inverse4(double[][] m) {
+        double[][] li = inv3(m[0..2].collect { it[0..2] } as double[][])
+        if (li == null) throw new IllegalArgumentException("the transform is singular (it collapses the image)")
+        return (0..2).collect { i -> (li[i] as List) + [-(0..2).sum { k -> li[i][k] * m[k][3] }] } + [[0d, 0d, 0d, 1d]] as double[][]
+    }
+
+    static double[][] matmul4(double[][] a, double[][] b) {
+        double[][] c = new double[4][4]
+        for (int i = 0; i < 4; i++) for (int j = 0; j < 4; j++) for (int k = 0; k < 4; k++) c[i][j] += a[i][k] * b[k][j]
+        return c
+    }
+
+    /** Voxel (x, y, z) -> world of a Calibration (1 where uncalibrated, as BigWarp). */
+    static double[][] voxel(Calibration cal) {
+        boolean s = cal != null && cal.scaled()
+        return [[s ? cal.pixelWidth : 1d, 0d, 0d, 0d], [0d, s ? cal.pixelHeight : 1d, 0d, 0d],
+                [0d, 0d, s ? cal.pixelDepth : 1d, 0d], [0d, 0d, 0d, 1d]] as double[][]
+    }
+
+    /** Least squares 4x4 affine with dst ~ A src; >= 4 points not in one plane (centred normal equations). */
+    static double[][] fitAffine3d(List<double[]> src, List<double[]> dst) {
+        int n = src.size()
+        String msg = "a 3-D affine needs at least 4 active landmark pairs that are not in one plane"
+        if (n < 4) throw new IllegalArgumentException(msg)
+        double[] ps = (0..2).collect { i -> src.sum { it[i] } / n } as double[], qs = (0..2).collect { i -> dst.sum { it[i] } / n } as double[]
+        double[][] ss = new double[3][3], qp = new double[3][3]
+        for (int k = 0; k < n; k++) for (int i = 0; i < 3; i++) for (int j = 0; j < 3; j++) {
+            ss[i][j] += (src[k][i] - ps[i]) * (src[k][j] - ps[j])
+            qp[i][j] += (dst[k][i] - qs[i]) * (src[k][j] - ps[j])
+        }
+        double[][] si = inv3(ss)
+        if (si == null) throw new IllegalArgumentException(msg)
+        double[][] a = new double[4][4]
+        for (int i = 0; i < 3; i++) {
+            for (int j = 0; j < 3; j++) for (int k = 0; k < 3; k++) a[i][j] += qp[i][k] * si[k][j]
+            a[i][3] = qs[i] - (0..2).sum { int k -> a[i][k] * ps[k] }
+        }
+        a[3][3] = 1d
+        return a
+    }
+
+    /** fixed_to_moving (4x4, voxels) of a 3-D BigWarp landmarks CSV, as clem_bridge.export3d.read_bigwarp_csv3d. */
+    static double[][] readBigWarpCsv3d(String path, Calibration fixedCal, Calibration movingCal) {
+        def (moving, fixed) = landmarkRows(path, 8, "a 3-D BigWarp landmarks CSV has 8")
+        return inverse4(matmul4(matmul4(inverse4(voxel(fixedCal)), fitAffine3d(moving, fixed)), voxel(movingCal)))
     }
 
     static double[][] readBigWarpXml(String path, Calibration fixedCal) {
@@ -259,10 +335,11 @@ class ClemBridgeFiji {
             throw new IllegalArgumentException("${new File(path).name} is for a ${want.join('x')} $what stack (depth x height x width), but ${imp.title} is ${got.join('x')}")
     }
 
-    /** An LM stack warped onto the EM stack's voxel grid with a 3-D transform JSON (ndim 3). */
+    /** An LM stack warped onto the EM stack's voxel grid with a 3-D transform JSON (ndim 3) or BigWarp CSV. */
     static ImagePlus warpStack(ImagePlus lm, String path, ImagePlus em) {
-        String json = text(path)
-        double[][] m = readJson3d(json, path)
+        boolean csv = path.toLowerCase().endsWith(".csv")
+        String json = csv ? "{}" : text(path)
+        double[][] m = csv ? readBigWarpCsv3d(path, em.calibration, lm.calibration) : readJson3d(json, path)
         [[em, "EM"], [lm, "LM"]].each { ImagePlus imp, String what ->
             if (imp.NFrames > 1) throw new IllegalArgumentException("the $what image ${imp.title} is a time series; a 3-D transform takes z stacks")
         }

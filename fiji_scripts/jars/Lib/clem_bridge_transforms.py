@@ -142,15 +142,16 @@ def fit_affine(src, dst):
     return [[m00, m01, qx - m00 * cx - m01 * cy], [m10, m11, qy - m10 * cx - m11 * cy], [0.0, 0.0, 1.0]]
 
 
-def read_bigwarp_csv(path, fixed_cal=None, moving_cal=None):
-    """fixed_to_moving from a BigWarp landmarks CSV (BigWarp Affine mode: fit moving->fixed, inverted)."""
+def _landmark_rows(path, fields, what):
+    """(moving, fixed) points of the active rows of a BigWarp landmarks CSV with ``fields`` fields a row."""
     moving, fixed = [], []
+    half = (fields - 2) // 2
     for i, line in enumerate(_read_text(path).splitlines()):
         if not line.strip():
             continue
         row = [v.strip().strip('"') for v in line.split(",")]
-        if len(row) != 6:
-            raise ClemError("%s row %d has %d fields; a 2-D BigWarp landmarks CSV has 6" % (path, i + 1, len(row)))
+        if len(row) != fields:
+            raise ClemError("%s row %d has %d fields; %s" % (path, i + 1, len(row), what))
         if row[1].lower() != "true":
             continue
         try:
@@ -159,8 +160,14 @@ def read_bigwarp_csv(path, fixed_cal=None, moving_cal=None):
             raise ClemError("%s is not a BigWarp landmarks CSV (non-numeric coordinate in row %d)" % (path, i + 1))
         if any(math.isinf(t) or math.isnan(t) for t in v):
             raise ClemError("%s has active landmarks with an unset (infinite) point" % path)
-        moving.append(v[:2])
-        fixed.append(v[2:])
+        moving.append(v[:half])
+        fixed.append(v[half:])
+    return moving, fixed
+
+
+def read_bigwarp_csv(path, fixed_cal=None, moving_cal=None):
+    """fixed_to_moving from a BigWarp landmarks CSV (BigWarp Affine mode: fit moving->fixed, inverted)."""
+    moving, fixed = _landmark_rows(path, 6, "a 2-D BigWarp landmarks CSV has 6")
     world = fit_affine(moving, fixed)
     return inverse(matmul(matmul(inverse(scale_matrix(fixed_cal)), world), scale_matrix(moving_cal)))
 
@@ -274,10 +281,75 @@ def check_matrix4(m, what):
     return m
 
 
-def warp_stack(lm_imp, record, em_imp, path="the transform", title=None):
-    """Every channel of an LM stack warped onto the EM stack's voxel grid with a 3-D transform record
-    (trilinear, as clem_bridge.transforms3d.warp_volume); a C x Z hyperstack with the EM calibration."""
-    f2m = check_matrix4(record.get("fixed_to_moving"), "fixed_to_moving in %s" % path)
+def _inv3(m):
+    """Inverse of a 3x3 matrix (nested lists); None when singular relative to its scale."""
+    def cof(i, j):
+        a, b, c, d = (i + 1) % 3, (i + 2) % 3, (j + 1) % 3, (j + 2) % 3
+        return m[c][a] * m[d][b] - m[c][b] * m[d][a]
+    c = [[cof(i, j) for j in range(3)] for i in range(3)]
+    det = sum(m[0][k] * c[k][0] for k in range(3))
+    scale = max(abs(v) for r in m for v in r) ** 3
+    if scale == 0 or abs(det) <= 1e-12 * scale:
+        return None
+    return [[v / det for v in r] for r in c]
+
+
+def inverse4(m):
+    """Inverse of a 4x4 affine (last row 0 0 0 1)."""
+    li = _inv3([r[:3] for r in m[:3]])
+    if li is None:
+        raise ClemError("the transform is singular (it collapses the image)")
+    t = [-sum(li[i][k] * m[k][3] for k in range(3)) for i in range(3)]
+    return [li[i] + [t[i]] for i in range(3)] + [[0.0, 0.0, 0.0, 1.0]]
+
+
+def matmul4(a, b):
+    return [[sum(a[i][k] * b[k][j] for k in range(4)) for j in range(4)] for i in range(4)]
+
+
+def voxel_matrix(cal):
+    """Voxel (x, y, z) -> world of an ImageJ Calibration (1 where uncalibrated, as BigWarp)."""
+    v = (cal.pixelWidth, cal.pixelHeight, cal.pixelDepth) if cal is not None and cal.scaled() else (1.0, 1.0, 1.0)
+    return [[float(v[0]), 0.0, 0.0, 0.0], [0.0, float(v[1]), 0.0, 0.0], [0.0, 0.0, float(v[2]), 0.0],
+            [0.0, 0.0, 0.0, 1.0]]
+
+
+def fit_affine3d(src, dst):
+    """Least squares 4x4 affine with dst ~ A src (lists of (x, y, z)); >= 4 points not in one plane."""
+    n = len(src)
+    msg = "a 3-D affine needs at least 4 active landmark pairs that are not in one plane"
+    if n < 4:
+        raise ClemError(msg)
+    ps, qs = [sum(p[i] for p in src) / n for i in range(3)], [sum(q[i] for q in dst) / n for i in range(3)]
+    ss = [[sum((p[i] - ps[i]) * (p[j] - ps[j]) for p in src) for j in range(3)] for i in range(3)]
+    qp = [[sum((q[i] - qs[i]) * (p[j] - ps[j]) for p, q in zip(src, dst)) for j in range(3)] for i in range(3)]
+    si = _inv3(ss)
+    if si is None:
+        raise ClemError(msg)
+    lin = [[sum(qp[i][k] * si[k][j] for k in range(3)) for j in range(3)] for i in range(3)]
+    return [lin[i] + [qs[i] - sum(lin[i][k] * ps[k] for k in range(3))] for i in range(3)] + [[0.0, 0.0, 0.0, 1.0]]
+
+
+def read_bigwarp_csv3d(path, fixed_cal=None, moving_cal=None):
+    """fixed_to_moving (4x4, voxels) from a 3-D BigWarp landmarks CSV (Affine mode: moving -> fixed world,
+    inverted), as clem_bridge.export3d.read_bigwarp_csv3d."""
+    moving, fixed = _landmark_rows(path, 8, "a 3-D BigWarp landmarks CSV has 8")
+    world = fit_affine3d(moving, fixed)
+    return inverse4(matmul4(matmul4(inverse4(voxel_matrix(fixed_cal)), world), voxel_matrix(moving_cal)))
+
+
+def csv_ndim(path):
+    """3 for a 3-D BigWarp landmarks CSV (8 fields a row), else 2."""
+    rows = [ln for ln in _read_text(path).splitlines() if ln.strip()]
+    return 3 if rows and len(rows[0].split(",")) == 8 else 2
+
+
+def warp_stack(lm_imp, f2m, em_imp, record=None, path="the transform", title=None):
+    """Every channel of an LM stack warped onto the EM stack's voxel grid with a 4x4 ``f2m`` (trilinear, as
+    clem_bridge.transforms3d.warp_volume); a C x Z hyperstack with the EM calibration.  The stacks must have
+    the ``fixed_shape``/``moving_shape`` of the transform ``record`` when it gives them."""
+    f2m = check_matrix4(f2m, "fixed_to_moving in %s" % path)
+    record = record or {}
     for imp, what in ((em_imp, "EM"), (lm_imp, "LM")):
         if imp.getNFrames() > 1:
             raise ClemError("the %s image %s is a time series; a 3-D transform takes z stacks" % (what, imp.getTitle()))
@@ -297,7 +369,10 @@ def apply_transform_file(lm_imp, path, em_imp, title=None):
     if str(path).lower().endswith(".json"):
         rec = read_json_record(path)
         if rec.get("ndim") == 3:
-            return warp_stack(lm_imp, rec, em_imp, path, title)
+            return warp_stack(lm_imp, rec["fixed_to_moving"], em_imp, rec, path, title)
+    if str(path).lower().endswith(".csv") and csv_ndim(path) == 3:
+        f2m = read_bigwarp_csv3d(path, calibration(em_imp), calibration(lm_imp))
+        return warp_stack(lm_imp, f2m, em_imp, None, path, title)
     return warp_image(lm_imp, read_transform(path, calibration(em_imp), calibration(lm_imp)), em_imp, title)
 
 
