@@ -299,7 +299,7 @@ def register_mine(fixed, moving, *, preset: str = "fast", params: Optional[MineP
         # are blurry at their native size: binning them more loses the structure the sweep needs)
         res = global_search(fs, ms, rotation_range_deg=p.rotation_range_deg, rotation_step_deg=p.rotation_step_deg,
                             scales=p.search_scales, mirror=p.mirror_search, max_shift_frac=p.max_shift_frac,
-                            coarse_factor=min(1.5, s))
+                            coarse_factor=min(1.25, s))
         init_w = rescale(res.fixed_to_moving, fixed_w.shape, fs.shape, moving_w.shape, ms.shape)
         search_info = {"rotation_deg": res.rotation_deg, "scale": res.scale, "score": res.score,
                        "mirrored": float(res.mirrored)}

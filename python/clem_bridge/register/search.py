@@ -102,7 +102,7 @@ def _distinct(ranked: list, keep: int, angle_tol: float, scale_ratio: float) -> 
 def global_search(fixed: np.ndarray, moving: np.ndarray, *, rotation_range_deg: float = 180.0,
                   rotation_step_deg: float = 3.0, scales=(1.0,), mirror: bool = True,
                   max_shift_frac: float = 0.25, sigma: float = 1.0, keep: int = 6,
-                  coarse_factor: float = 1.5) -> SearchResult:
+                  coarse_factor: float = 1.25) -> SearchResult:
     """Search handedness, rotation (about the image centres), scale and translation; return the best candidate.
 
     ``fixed`` and ``moving`` are small (about 100–200 px) images with pixel sizes within the ``scales``
