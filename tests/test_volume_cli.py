@@ -96,3 +96,24 @@ def test_register_dispatch(stacks, tmp_path):
     assert wants_3d(em_path, lm_path) and not wants_3d(flat, flat) and wants_3d(flat, flat, force=True)
     with pytest.raises(InputError, match="Z stack but flat.tif is a 2-D image"):
         wants_3d(em_path, flat)
+
+
+def test_register_dispatches_stacks_to_3d(stacks, tmp_path):
+    """``clem-bridge register`` on two stacks runs the 3-D workflow; 2-D-only options and a stack with a 2-D
+    image are one-line errors."""
+    from clem_bridge.cli import app as main_app
+    ph, em_path, lm_path = stacks
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main_app, ["register", str(em_path), str(lm_path), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    reg = load_transform_json(out / "transform.json")
+    assert reg.ndim == 3
+    err = tre3d_components(reg.fixed_to_moving, ph.fixed_to_moving, ph.em.shape, fixed_voxel=ph.em_voxel,
+                           moving_voxel=ph.lm_voxel, step=4)
+    assert err["xy_fixed_voxels"] <= 1.0 and err["z_moving_slices"] <= 0.5, err
+    res = CliRunner().invoke(main_app, ["register", str(em_path), str(lm_path), "--prepare", "--out", str(out)])
+    assert res.exit_code == 2 and "--prepare" in res.stderr and "2-D registration only" in res.stderr
+    flat = tmp_path / "flat.tif"
+    tifffile.imwrite(flat, read_stack(lm_path).data[0, 3])
+    res = CliRunner().invoke(main_app, ["register", str(em_path), str(flat), "--out", str(out)])
+    assert res.exit_code == 2 and "Z stack" in res.stderr and "Traceback" not in res.output

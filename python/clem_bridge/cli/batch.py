@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from ..errors import InputError
-from .core import user_errors
+from .common import user_errors
 
 
 def add_commands(app) -> None:

@@ -9,7 +9,7 @@ import typer
 
 from ..errors import InputError
 from ..insilico import DEFAULT_MODEL
-from .core import parse_channels, progress_bar, report_outcome, user_errors
+from .common import parse_channels, progress_bar, report_outcome, user_errors
 
 
 def add_commands(app) -> None:

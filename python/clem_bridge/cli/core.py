@@ -1,64 +1,13 @@
 """Core commands: ``register`` (EM + LM files → transform.json, warped TIFF, previews) and ``demo``."""
 from __future__ import annotations
 
-import sys
-from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from ..errors import Cancelled, InputError, ServerError
-
-
-def parse_channels(text: Optional[str]) -> Optional[list[int]]:
-    """'0,2' or '0 2' → [0, 2]; None/'' → None (all channels)."""
-    if text is None or not text.strip():
-        return None
-    try:
-        return [int(t) for t in text.replace(",", " ").split()]
-    except ValueError:
-        raise InputError(f"--channels must be channel numbers like 0,2 (got {text!r})") from None
-
-
-@contextmanager
-def progress_bar():
-    """A tqdm bar on stderr driven by the engine's ``Progress`` reports (opened at the first report)."""
-    from tqdm import tqdm
-
-    bars = []
-
-    def report(p) -> None:
-        if not bars:
-            bars.append(tqdm(total=1000, file=sys.stderr, leave=False, dynamic_ncols=True,
-                             bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}"))
-        bar = bars[0]
-        bar.set_description_str(p.stage, refresh=False)
-        if p.mi is not None:
-            bar.set_postfix_str(f"MI {p.mi:.3f}", refresh=False)
-        bar.update(max(int(round(p.fraction * 1000)) - bar.n, 0))
-
-    try:
-        yield report
-    finally:
-        for bar in bars:
-            bar.close()
-
-
-@contextmanager
-def user_errors():
-    """Turn bad input into a one-line ``error: …`` on stderr and exit code 2 (130 when cancelled)."""
-    try:
-        yield
-    except InputError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
-    except (Cancelled, KeyboardInterrupt):
-        typer.echo("cancelled", err=True)
-        raise typer.Exit(130)
-    except ServerError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1)
+from ..errors import InputError
+from .common import parse_channels, progress_bar, report_outcome, user_errors
 
 
 def _summary(reg, out: Path) -> None:
@@ -70,22 +19,6 @@ def _summary(reg, out: Path) -> None:
     for name in (TRANSFORM_JSON, WARPED_TIFF, OVERLAY_PNG, MI_CURVE_PNG):
         typer.echo(f"  {out / name}")
     report_outcome(reg)
-
-
-EXIT_FAILED = 3   # the registration ran and wrote its files, but its result is judged wrong (status "failed")
-
-
-def report_outcome(reg) -> None:
-    """The result's warnings and status on stderr; exit code 3 when the status is ``failed``.
-
-    Files are written either way, so a user can inspect what went wrong."""
-    for warning in reg.warnings:
-        typer.echo(f"warning: {warning}", err=True)
-    status = reg.outcome
-    if status != "ok":
-        typer.echo(f"status: {status}" + (" (see the warnings above)" if reg.warnings else ""), err=True)
-    if status == "failed":
-        raise typer.Exit(EXIT_FAILED)
 
 
 def _register_local(em: Path, lm: Path, out: Path, **kw):
@@ -117,9 +50,24 @@ def add_commands(app) -> None:
         server: Optional[str] = typer.Option(None, "--server", help="Register on a clem-bridge server at this URL "
                                              "(its device; shows its progress)."),
         token: Optional[str] = typer.Option(None, "--token", envvar="CLEM_BRIDGE_TOKEN", help="Token for --server."),
+        three_d: bool = typer.Option(False, "--3d", help="3-D registration of an EM volume and an LM Z stack "
+                                     "(automatic when both files are stacks; see 'register3d' for its options)."),
     ) -> None:
-        """Register an LM image onto an EM image; writes transform.json, lm_warped.tif, overlay.png, mi_curve.png."""
+        """Register an LM image onto an EM image; writes transform.json, lm_warped.tif, overlay.png, mi_curve.png.
+
+        Two Z stacks (or --3d) run the 3-D workflow of 'register3d'."""
         with user_errors():
+            from ..workflows.register3d import wants_3d
+            if wants_3d(em, lm, force=three_d):
+                two_d_only = {"--prepare": prepare, "--psr": psr is not None, "--extra-channel": bool(extra_channel),
+                              "--preset thesis": preset != "fast", "--server": bool(server)}
+                used = [k for k, v in two_d_only.items() if v]
+                if used:
+                    raise InputError(f"{', '.join(used)} apply to 2-D registration only; these are Z stacks "
+                                     "(see 'clem-bridge register3d --help' for the 3-D options)")
+                from .register3d import run_register3d
+                return run_register3d(em, lm, out, reg_channel=reg_channel, channels=parse_channels(channels),
+                                      seed=seed)
             if preset not in ("fast", "thesis"):
                 raise InputError(f"--preset must be fast or thesis (got {preset!r})")
             if server:

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ..errors import InputError
-from .core import report_outcome, user_errors
+from .common import report_outcome, user_errors
 
 MODELS = ("rigid", "similarity", "affine")
 

@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import InputError
-from .core import parse_channels, user_errors
+from .common import parse_channels, user_errors
 
 
 def add_commands(app) -> None:

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ..errors import InputError
-from .core import parse_channels, progress_bar, report_outcome, user_errors
+from .common import parse_channels, progress_bar, report_outcome, user_errors
 
 
 def parse_voxel(text: Optional[str], option: str):
@@ -22,6 +22,22 @@ def parse_voxel(text: Optional[str], option: str):
     except ValueError:
         raise InputError(f"{option} must be three positive numbers x,y,z in µm, like 0.2,0.2,0.6 "
                          f"(got {text!r})") from None
+
+
+def run_register3d(em: Path, lm: Path, out: Path, **kw) -> None:
+    """The 3-D workflow with a progress bar, its summary on stdout and its status (``register --3d`` too)."""
+    from ..workflows.outputs import MI_CURVE_PNG, OVERLAY_PNG, TRANSFORM_JSON, WARPED_TIFF
+    from ..workflows.register3d import register_volume_files
+
+    with progress_bar() as report:
+        reg = register_volume_files(em, lm, out, progress=report, **kw)
+    m = reg.metrics
+    typer.echo(f"registered in {reg.timings.get('pipeline_total_s', 0.0):.1f} s (3-D, {reg.method}); "
+               f"histogram MI {m.get('mi_histogram', 0.0):.3f}, overlap {m.get('overlap_fraction', 0.0):.2f}, "
+               f"EM centre at LM slice {m.get('em_centre_lm_slice', 0.0):.2f}")
+    for name in (TRANSFORM_JSON, WARPED_TIFF, OVERLAY_PNG, MI_CURVE_PNG):
+        typer.echo(f"  {out / name}")
+    report_outcome(reg)
 
 
 def add_commands(app) -> None:
@@ -45,23 +61,11 @@ def add_commands(app) -> None:
     ) -> None:
         """Register an LM Z stack onto an EM volume (3-D affine, mirror allowed); writes transform.json (4x4),
         lm_warped.tif (ZCYX on the EM grid), overlay.png, mi_curve.png and BigWarp 3-D files."""
-        from ..workflows.outputs import MI_CURVE_PNG, OVERLAY_PNG, TRANSFORM_JSON, WARPED_TIFF
-        from ..workflows.register3d import register_volume_files
-
         with user_errors():
             if method not in ("mine", "mi"):
                 raise InputError(f"--method must be mine or mi (got {method!r})")
             if max_voxels < 1:
                 raise InputError(f"--max-voxels must be positive (got {max_voxels})")
-            with progress_bar() as report:
-                reg = register_volume_files(em, lm, out, reg_channel=reg_channel, channels=parse_channels(channels),
-                                            method=method, em_voxel=parse_voxel(em_voxel, "--em-voxel"),
-                                            lm_voxel=parse_voxel(lm_voxel, "--lm-voxel"), max_voxels=max_voxels,
-                                            tilt_search=tilt, seed=seed, progress=report)
-            m = reg.metrics
-            typer.echo(f"registered in {reg.timings.get('pipeline_total_s', 0.0):.1f} s (3-D, {reg.method}); "
-                       f"histogram MI {m.get('mi_histogram', 0.0):.3f}, overlap {m.get('overlap_fraction', 0.0):.2f}, "
-                       f"EM centre at LM slice {m.get('em_centre_lm_slice', 0.0):.2f}")
-            for name in (TRANSFORM_JSON, WARPED_TIFF, OVERLAY_PNG, MI_CURVE_PNG):
-                typer.echo(f"  {out / name}")
-            report_outcome(reg)
+            run_register3d(em, lm, out, reg_channel=reg_channel, channels=parse_channels(channels), method=method,
+                           em_voxel=parse_voxel(em_voxel, "--em-voxel"), lm_voxel=parse_voxel(lm_voxel, "--lm-voxel"),
+                           max_voxels=max_voxels, tilt_search=tilt, seed=seed)
