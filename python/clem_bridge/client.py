@@ -112,6 +112,20 @@ class Client:
         return self._request("POST", "/register", files=files, data={"params": json.dumps(params)},
                              params={"wait": wait}, timeout=self.timeout + wait).json()
 
+    def register3d(self, em: ImageLike, lm: ImageLike, *, method: str = "mine", tilt_search: bool = True,
+                   seed: int = 0, reg_channel: int = 0, channels: Optional[Sequence[int]] = None,
+                   em_voxel: Optional[Sequence[float]] = None, lm_voxel: Optional[Sequence[float]] = None,
+                   wait: float = 0) -> dict:
+        """Submit a 3-D registration of an LM Z stack onto an EM volume (TIFF stacks; ``em_voxel`` / ``lm_voxel``
+        ``[x, y, z]`` in µm override the files' calibration); returns the job."""
+        params = {"method": method, "tilt_search": tilt_search, "seed": seed, "reg_channel": reg_channel,
+                  "channels": list(channels) if channels is not None else None,
+                  "em_voxel": None if em_voxel is None else [float(v) for v in em_voxel],
+                  "lm_voxel": None if lm_voxel is None else [float(v) for v in lm_voxel]}
+        files = [("em", _part(em, "em")), ("lm", _part(lm, "lm"))]
+        return self._request("POST", "/register3d", files=files, data={"params": json.dumps(params)},
+                             params={"wait": wait}, timeout=self.timeout + wait).json()
+
     def wait(self, job: JobLike, progress: Optional[Callable[[dict], None]] = None,
              timeout: Optional[float] = None, poll: float = 1.0) -> dict:
         """Block until the job is finished (any end state); ``progress(job)`` gets every status seen."""
@@ -188,6 +202,12 @@ class Client:
         """:func:`~clem_bridge.workflows.register.register_files` run on the server: submit, feed the server's
         progress to ``progress(Progress)``, download every artifact into ``out_dir``; Ctrl-C cancels the job."""
         return self._finish(self.register(em, lm, extra=list(extra_channel_paths), **params), out_dir, progress)
+
+    def register3d_files(self, em, lm, out_dir, *, progress: Optional[Callable[[Any], None]] = None,
+                         **params) -> Registration:
+        """:func:`~clem_bridge.workflows.register3d.register_volume_files` run on the server, as
+        :meth:`register_files` (``transform.json`` with ``ndim`` 3, ``lm_warped.tif``, ... in ``out_dir``)."""
+        return self._finish(self.register3d(em, lm, **params), out_dir, progress)
 
     def correlate_files(self, em, chromatin, out_dir, *, extra_channel_paths: Sequence = (),
                         progress: Optional[Callable[[Any], None]] = None, **params) -> Registration:

@@ -15,7 +15,7 @@ from . import errors
 from .guard import Guard
 from .manager import JobManager
 from .pool import BoundedWorker
-from .routers import apply, chromatin, fiducials, health, jobs, register
+from .routers import apply, chromatin, fiducials, health, jobs, register, register3d
 from .settings import Settings, check
 from .store import JobStore
 
@@ -85,7 +85,7 @@ def create_app(settings: Settings, extra_job_types: Optional[Mapping] = None) ->
     shutil.rmtree(app.state.tmp_dir, ignore_errors=True)
     app.state.tmp_dir.mkdir(parents=True)
     errors.install(app)
-    for module in (health, register, jobs, apply, chromatin, fiducials):
+    for module in (health, register, jobs, apply, chromatin, fiducials, register3d):
         app.include_router(module.router, prefix="/v1")
     app.add_middleware(Guard, token=settings.token, max_body=settings.max_upload_bytes, free_bytes=store.free_bytes,
                        min_free=settings.min_free_bytes)

@@ -88,6 +88,24 @@ class RegisterParams(BaseModel):
                                  "is (default: the calibrations' ratio, refined automatically)")
 
 
+_Voxel = Optional[list[Annotated[float, Field(gt=0, le=1e6)]]]
+
+
+class Register3DParams(BaseModel):
+    """JSON ``params`` part of ``POST /v1/register3d``."""
+    model_config = ConfigDict(extra="forbid")
+    method: Literal["mine", "mi"] = Field("mine", description="3-D refinement: MINE or classical histogram MI")
+    tilt_search: bool = Field(True, description="coarse search of tilts about x and y in the pre-alignment")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    reg_channel: int = Field(0, ge=0, le=1023, description="channel of the LM stack used for registration")
+    channels: Optional[list[Annotated[int, Field(ge=0, le=1023)]]] = Field(
+        None, max_length=1024, description="channels of the LM stack to warp; default all")
+    em_voxel: _Voxel = Field(None, min_length=3, max_length=3,
+                             description="EM voxel size [x, y, z] in µm; overrides the file's calibration")
+    lm_voxel: _Voxel = Field(None, min_length=3, max_length=3,
+                             description="LM voxel size [x, y, z] in µm; overrides the file's calibration")
+
+
 class ApplyParams(BaseModel):
     """JSON ``params`` part of ``POST /v1/apply``."""
     model_config = ConfigDict(extra="forbid")

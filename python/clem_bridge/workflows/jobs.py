@@ -26,6 +26,7 @@ from .correlate import prepare_correlate, run_correlate
 from .fiducials import prepare_fiducials, run_fiducials
 from .predict import loaded_models, prepare_predict, run_predict
 from .register import apply_transform, prepare_register, run_register
+from .register3d import prepare_register3d, run_register3d
 
 PrepareFn = Callable[[dict[str, list[Path]], dict, Path, int], dict[str, Path]]
 RunFn = Callable[[dict[str, Path], dict, Path, ProgressFn, CancelFn], dict]
@@ -42,6 +43,7 @@ JOB_TYPES: dict[str, JobType] = {
     "predict_chromatin": JobType(prepare=prepare_predict, run=run_predict),
     "correlate": JobType(prepare=prepare_correlate, run=run_correlate),
     "fiducials": JobType(prepare=prepare_fiducials, run=run_fiducials),
+    "register3d": JobType(prepare=prepare_register3d, run=run_register3d),
 }
 
 __all__ = ["JOB_TYPES", "JobType", "apply_transform", "loaded_models"]

@@ -26,8 +26,8 @@ from ..quality import save_mi_curve_png, save_overlay_png
 from ..result import Registration
 from ..schema import PixelSize
 from ..transforms3d import translation, valid_mask3d, warp_volume_tiled
-from ..volume.register3d import register_volumes
-from ..volume.stack_io import MAX_VOXELS, is_stack, read_stack
+from ..volume.register3d import check_volume, register_volumes
+from ..volume.stack_io import MAX_VOXELS, is_stack, read_stack, write_stack
 from .outputs import MI_CURVE_PNG, OVERLAY_PNG, TRANSFORM_JSON, WARPED_TIFF
 
 SLAB = 16      # EM slices warped and written at a time
@@ -121,3 +121,43 @@ def register_volume_files(em_path, lm_path, out_dir, *, reg_channel: int = 0,
     reg.save_json(out / TRANSFORM_JSON)
     write_all3d(reg, out, moving_file=lm.path.name)
     return reg
+
+
+def _voxel_param(given: Optional[Sequence[float]]) -> Optional[PixelSize]:
+    """A job's ``[x, y, z]`` voxel size in µm as a PixelSize (None when not given)."""
+    return None if given is None else PixelSize(x=given[0], y=given[1], z=given[2], unit="um")
+
+
+def prepare_register3d(uploads: dict[str, list[Path]], params: dict, inputs_dir: Path,
+                       max_pixels: int) -> dict[str, Path]:
+    """Validate the EM and LM stacks (``max_pixels`` voxels each at most) and write them as calibrated ImageJ
+    hyperstacks ``em/*.tif``, ``lm/*.tif``.  A file without z spacing keeps none, so the run warns that
+    isotropic voxels were assumed; a stack without any voxel size (and none in ``params``) is refused."""
+    out = {}
+    for key, name in (("em", "EM stack"), ("lm", "LM stack")):
+        stack = read_stack(uploads[key][0], max_voxels=max_pixels)
+        given = _voxel_param(params.get(f"{key}_voxel"))
+        voxel = _voxel(given, stack.voxel, f"{name} {stack.path.name}")
+        if given is None and stack.z_assumed:
+            voxel = PixelSize(x=voxel.x, y=voxel.y, unit=voxel.unit)
+        if key == "em" and len(stack.data) > 1:
+            raise InputError(f"EM stack {stack.path.name} has {len(stack.data)} channels; give a single-channel EM")
+        if key == "lm":
+            io.pick_channels(len(stack.data), params["reg_channel"], params.get("channels"))
+        c = params["reg_channel"] if key == "lm" else 0
+        check_volume(stack.data[c], f"the {name} {stack.path.name}" + (f" channel {c}" if key == "lm" else ""))
+        out[key] = write_stack(inputs_dir / key / (uploads[key][0].stem + ".tif"), stack.data, voxel)
+    return out
+
+
+def run_register3d(inputs: dict[str, Path], params: dict, out_dir: Path, progress: ProgressFn,
+                   cancelled: CancelFn) -> dict:
+    """Register the LM stack onto the EM volume (:func:`register_volume_files`); the result is the transform
+    record (``ndim`` 3, ``status``)."""
+    reg = register_volume_files(inputs["em"], inputs["lm"], out_dir, reg_channel=params["reg_channel"],
+                                channels=params.get("channels"), method=params["method"],
+                                tilt_search=params["tilt_search"], seed=params["seed"], progress=progress,
+                                cancelled=cancelled)
+    reg.params.update(em_file=inputs["em"].name, lm_file=inputs["lm"].name)   # no server paths in results
+    reg.save_json(Path(out_dir) / TRANSFORM_JSON)
+    return {"result": reg.to_record().model_dump(mode="json")}
