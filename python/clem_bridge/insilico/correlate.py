@@ -13,7 +13,11 @@
 5. Outcome (:func:`outcome`): ``failed`` / ``uncertain`` / ``ok`` with the reasons as warnings (stained
    nuclei in common, margin between hypotheses, fitted vs calibrated scale, overlap).
 
-Measured in ``benchmarks/bench_correlate.py`` (results in ``benchmarks/results/``).
+Measured (``benchmarks/bench_correlate.py``, ``benchmarks/results/bench_correlate-loo-2core-cpu.json``;
+weak leave-one-out models, Pearson r 0.22–0.34): pairs s6 and s8 within 1.6–5.1 px of the manual
+registration in every case, free-scale fit 0.07–0.64 % from the calibrated scale; s7 (r 0.22) wrong in every
+case and reported ``uncertain``/``failed`` each time: no silent failure.  DeepCLEM's example (shipped
+model): ``ok``, its three EM nuclei 6–13 px from the stained nuclei' centres.
 """
 from __future__ import annotations
 
