@@ -11,7 +11,8 @@ import pytest
 from setuptools import find_packages
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+ENV = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "OMP_NUM_THREADS": "1",
+       "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
 
 
 def test_pyproject_lists_every_package():

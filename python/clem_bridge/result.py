@@ -61,7 +61,9 @@ class Registration:
         """The JSON record; a metric or timing that is NaN/inf (e.g. a failed ECC) is left out with a
         warning, so the file always reads back and nobody mistakes a missing number for a good one."""
         metrics, timings = _finite(self.metrics), _finite(self.timings)
+        curve = [float(v) for v in self.mi_curve if np.isfinite(v)]
         dropped = sorted(set(self.metrics) - set(metrics)) + sorted(set(self.timings) - set(timings))
+        dropped += ["mi_curve values"] if len(curve) < len(self.mi_curve) else []
         warnings = list(self.warnings)
         if dropped:
             warnings.append(f"could not compute {', '.join(dropped)} (not a finite number; left out)")
@@ -72,7 +74,7 @@ class Registration:
             pixel_size=PixelSizes(fixed=self.fixed_pixel_size, moving=self.moving_pixel_size),
             method=self.method, params=self.params, metrics=metrics, timings=timings,
             iterations=self.iterations, device=self.device,
-            mi_curve=[float(v) for v in self.mi_curve if np.isfinite(v)],
+            mi_curve=curve,
             warnings=warnings, status=self.status or ("uncertain" if warnings else "ok"), ndim=self.ndim,
             error_budget=self.error_budget)
 
