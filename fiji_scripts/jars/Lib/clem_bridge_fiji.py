@@ -24,8 +24,7 @@ import clem_bridge_transforms as transforms
 
 BUDGET_TERMS = (("sigma_em", "sigma EM"), ("sigma_lm", "sigma LM"), ("sigma_alignment", "sigma alignment"),
                 ("sigma_total", "sigma total"), ("fre", "FRE"), ("tre_loo", "TRE leave-one-out"))
-STACK_HINT = (" (the server has no 3-D registration yet): register the stacks with 'clem-bridge register EM LM "
-              "-o DIR', which registers stacks in 3-D, and apply its transform.json with Apply CLEM Transform")
+STACK_HINT = " unless both images are Z stacks (then it registers them in 3-D)"
 FIDUCIAL_VIEWS = ("lm_warped.tif", "fusion.png", "tre_map.png")
 SUMMARY_COLUMNS = ["pair", "status", "source", "em_file", "lm_file", "mi", "ncc", "overlap", "ms_ssim",
                    "warnings", "error"]
@@ -38,6 +37,8 @@ def register(em_file, em_title, lm_file, lm_title, reg_channel, channels, server
     """Register EM-LM (MINE) on the server, warp the LM channels with ImageJ; returns (warped, status)."""
     em = images.input_image(em_file, em_title, "EM image")
     lm = images.input_image(lm_file, lm_title, "LM image")
+    if em.getNSlices() > 1 and lm.getNSlices() > 1:
+        return register3d(em, lm, reg_channel, channels, server_url, token, seed, out_dir)
     _check_planes(em, lm, "Register EM-LM", STACK_HINT)
     out = images.output_dir(out_dir)
     server = http.connect(server_url, token)
@@ -47,6 +48,31 @@ def register(em_file, em_title, lm_file, lm_title, reg_channel, channels, server
         comp.show()
     status, warnings = outcome(record)
     report(status, warnings, "CLEM registration")
+    return warped, status
+
+
+def register3d(em, lm, reg_channel, channels, server_url, token, seed, out_dir):
+    """Register EM-LM on two Z stacks: 3-D registration on the server (``POST /v1/register3d``, voxel sizes from
+    the ImageJ calibration), every file of the job saved in ``out_dir`` and the LM channels on the EM grid
+    (lm_warped.tif, a calibrated hyperstack) opened; returns (warped, status)."""
+    params = {"reg_channel": int(reg_channel), "seed": int(seed), "channels": images.parse_channels(channels) or None}
+    for key, imp, what in (("em_voxel", em, "EM"), ("lm_voxel", lm, "LM")):
+        params[key] = images.voxel_um(imp)
+        if params[key] is None:
+            raise ClemError("the %s stack %s has no voxel size in a length unit; set it (voxel depth included) in "
+                            "Image > Properties" % (what, imp.getTitle()))
+        log("CLEM 3-D: %s voxel %s um (x, y, z) for %s" % (what, " x ".join("%.4g" % v for v in params[key]),
+                                                          imp.getTitle()))
+    out = images.output_dir(out_dir)
+    server = http.connect(server_url, token)
+    files = [("em", _upload_name(em), images.tiff_bytes(em)), ("lm", _upload_name(lm), images.tiff_bytes(lm))]
+    record, job = server.submit_and_wait("/v1/register3d", files, params, "CLEM 3-D registration", wait_s=10)
+    saved = dict((name, server.download(job, name, out)) for name in job.get("artifacts") or [])
+    log("CLEM 3-D: registered %s to %s; fixed_to_moving = %s; files in %s"
+        % (lm.getTitle(), em.getTitle(), record.get("fixed_to_moving"), out))
+    warped = _open_view(saved, "lm_warped.tif", em.getTitle())
+    status, warnings = outcome(record)
+    report(status, warnings, "CLEM 3-D registration")
     return warped, status
 
 

@@ -12,6 +12,8 @@ from clem_bridge_host import ClemError
 
 CHANNEL_COLORS = [Color.green, Color.magenta, Color.cyan, Color.red, Color.yellow, Color.blue]
 BLUE = 2  # index of blue among an RGB image's channels
+UM_PER_UNIT = {"nm": 1e-3, "nanometer": 1e-3, "um": 1.0, "mm": 1e3, "cm": 1e4, "m": 1e6, "A": 1e-4,
+               u"\u00c5": 1e-4, "angstrom": 1e-4}
 
 
 def _given(path):
@@ -58,13 +60,19 @@ def channel_processors(imp):
     return procs
 
 
+def parse_channels(channels):
+    """0-based channel numbers from a list or comma-separated text (empty = [])."""
+    if not isinstance(channels, basestring):
+        return list(channels or [])
+    try:
+        return [int(c) for c in channels.replace(" ", "").split(",") if c != ""]
+    except ValueError:
+        raise ClemError("channels must be numbers like 0,2 (got '%s')" % channels)
+
+
 def select_channels(imp, channels):
     """ImagePlus of the 0-based ``channels`` (list or comma-separated text; empty = all) of a stack."""
-    if isinstance(channels, basestring):
-        try:
-            channels = [int(c) for c in channels.replace(" ", "").split(",") if c != ""]
-        except ValueError:
-            raise ClemError("channels must be numbers like 0,2 (got '%s')" % channels)
+    channels = parse_channels(channels)
     procs = channel_processors(imp)
     channels = list(channels) if channels else range(len(procs))
     stack = ImageStack(imp.getWidth(), imp.getHeight())
@@ -113,6 +121,16 @@ def pixel_size(imp):
     if cal is None:
         return None
     return {"x": float(cal.pixelWidth), "y": float(cal.pixelHeight), "unit": unit_name(imp)}
+
+
+def voxel_um(imp):
+    """The voxel size ``[x, y, z]`` in µm (z = the voxel depth of Image > Properties), or None when the image is
+    uncalibrated or its unit is not a length."""
+    cal = calibration(imp)
+    factor = UM_PER_UNIT.get(unit_name(imp)) if cal is not None else None
+    if factor is None:
+        return None
+    return [float(cal.pixelWidth) * factor, float(cal.pixelHeight) * factor, float(cal.pixelDepth) * factor]
 
 
 def point_selection(imp):
