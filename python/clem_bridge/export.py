@@ -136,23 +136,17 @@ def read_bigwarp_csv(path, *, fixed_pixel_size: Optional[PixelSize] = None,
 
 # --- BigWarp / BigDataViewer SpimData XML -----------------------------------------------
 
-def _affine3d_text(m2: np.ndarray) -> str:
-    """Row-major 3×4 text of a 2-D 3×3 affine embedded in 3-D (z row ``0 0 1 0``)."""
-    a = as_matrix(m2)
-    vals = [a[0, 0], a[0, 1], 0.0, a[0, 2], a[1, 0], a[1, 1], 0.0, a[1, 2], 0.0, 0.0, 1.0, 0.0]
-    return " ".join(repr(float(v)) for v in vals)
+def embed_2d(m2) -> np.ndarray:
+    """A 2-D 3×3 affine as the 4×4 that leaves z alone (how BigWarp stores 2-D transforms)."""
+    a, m4 = as_matrix(m2), np.eye(4)
+    m4[:2, :2], m4[:2, 3] = a[:2, :2], a[:2, 2]
+    return m4
 
 
-def write_bigwarp_xml(path, fixed_to_moving, moving_shape, *, moving_file: str = "moving.tif",
-                      fixed_pixel_size: Optional[PixelSize] = None,
-                      moving_pixel_size: Optional[PixelSize] = None) -> Path:
-    """Write a SpimData XML for the moving (LM) image carrying the registration like BigWarp's ``-bigWarp.xml``.
-
-    ``moving_file`` is the LM TIFF the XML refers to (relative to the XML's folder).
-    """
-    s_m, s_f = _scale(moving_pixel_size), _scale(fixed_pixel_size)
-    world = s_f @ np.linalg.inv(as_matrix(fixed_to_moving)) @ np.linalg.inv(s_m)  # moving world -> fixed world
-    h, w = int(moving_shape[0]), int(moving_shape[1])
+def write_spimdata_xml(path, world, calibration, size_xyz, *, unit: str = "pixel",
+                       moving_file: str = "moving.tif") -> Path:
+    """A SpimData XML (BigWarp's ``-bigWarp.xml``) for one moving image: ``world`` (4×4, moving world → fixed
+    world) and ``calibration`` (4×4, voxels → moving world) as its two ViewTransforms, row-major 3×4."""
     root = ET.Element("SpimData", version="0.2")
     ET.SubElement(root, "BasePath", type="relative").text = "."
     seq = ET.SubElement(root, "SequenceDescription")
@@ -165,10 +159,10 @@ def write_bigwarp_xml(path, fixed_to_moving, moving_shape, *, moving_file: str =
     setup = ET.SubElement(setups, "ViewSetup")
     ET.SubElement(setup, "id").text = "0"
     ET.SubElement(setup, "name").text = Path(moving_file).stem
-    ET.SubElement(setup, "size").text = f"{w} {h} 1"
+    ET.SubElement(setup, "size").text = " ".join(str(int(v)) for v in size_xyz)
     vox = ET.SubElement(setup, "voxelSize")
-    ET.SubElement(vox, "unit").text = moving_pixel_size.unit if moving_pixel_size else "pixel"
-    ET.SubElement(vox, "size").text = f"{float(s_m[0, 0])!r} {float(s_m[1, 1])!r} 1.0"
+    ET.SubElement(vox, "unit").text = unit
+    ET.SubElement(vox, "size").text = " ".join(repr(float(v)) for v in np.diag(calibration)[:3])
     ET.SubElement(ET.SubElement(setup, "attributes"), "channel").text = "0"
     channel = ET.SubElement(ET.SubElement(setups, "Attributes", name="channel"), "Channel")
     ET.SubElement(channel, "id").text = "0"
@@ -177,14 +171,27 @@ def write_bigwarp_xml(path, fixed_to_moving, moving_shape, *, moving_file: str =
     ET.SubElement(tps, "first").text = "0"
     ET.SubElement(tps, "last").text = "0"
     reg = ET.SubElement(ET.SubElement(root, "ViewRegistrations"), "ViewRegistration", timepoint="0", setup="0")
-    for name, m in (("Big Warp: Affine", world), ("calibration", s_m)):
+    for name, m in (("Big Warp: Affine", world), ("calibration", calibration)):
         vt = ET.SubElement(reg, "ViewTransform", type="affine")
         ET.SubElement(vt, "Name").text = name
-        ET.SubElement(vt, "affine").text = _affine3d_text(m)
+        ET.SubElement(vt, "affine").text = " ".join(repr(float(v)) for v in np.asarray(m, dtype=float)[:3].ravel())
     ET.indent(root)
     p = Path(path)
     ET.ElementTree(root).write(p, encoding="UTF-8", xml_declaration=True)
     return p
+
+
+def write_bigwarp_xml(path, fixed_to_moving, moving_shape, *, moving_file: str = "moving.tif",
+                      fixed_pixel_size: Optional[PixelSize] = None,
+                      moving_pixel_size: Optional[PixelSize] = None) -> Path:
+    """Write a SpimData XML for the moving (LM) image carrying the registration like BigWarp's ``-bigWarp.xml``.
+
+    ``moving_file`` is the LM TIFF the XML refers to (relative to the XML's folder).
+    """
+    s_m, s_f = _scale(moving_pixel_size), _scale(fixed_pixel_size)
+    world = s_f @ np.linalg.inv(as_matrix(fixed_to_moving)) @ np.linalg.inv(s_m)  # moving world -> fixed world
+    return write_spimdata_xml(path, embed_2d(world), embed_2d(s_m), (moving_shape[1], moving_shape[0], 1),
+                              unit=moving_pixel_size.unit if moving_pixel_size else "pixel", moving_file=moving_file)
 
 
 def read_bigwarp_xml(path, *, fixed_pixel_size: Optional[PixelSize] = None) -> np.ndarray:

@@ -23,6 +23,7 @@ from typing import Optional
 import numpy as np
 
 from .errors import InputError
+from .export import write_spimdata_xml
 from .result import Registration
 from .schema import PixelSize
 from .transforms3d import apply_to_points3d, as_matrix4, voxel_matrix
@@ -105,10 +106,6 @@ def read_bigwarp_csv3d(path, *, fixed_pixel_size: Optional[PixelSize] = None,
                          @ voxel_matrix(_voxel(moving_pixel_size)))
 
 
-def _row_major(m: np.ndarray) -> str:
-    return " ".join(repr(float(v)) for v in as_matrix4(m)[:3].ravel())
-
-
 def write_bigwarp_xml3d(path, fixed_to_moving, moving_shape, *, moving_file: str = "moving.tif",
                         fixed_pixel_size: Optional[PixelSize] = None,
                         moving_pixel_size: Optional[PixelSize] = None) -> Path:
@@ -116,38 +113,8 @@ def write_bigwarp_xml3d(path, fixed_to_moving, moving_shape, *, moving_file: str
     s_m, s_f = voxel_matrix(_voxel(moving_pixel_size)), voxel_matrix(_voxel(fixed_pixel_size))
     world = s_f @ np.linalg.inv(as_matrix4(fixed_to_moving)) @ np.linalg.inv(s_m)   # moving world → fixed world
     d, h, w = (int(s) for s in moving_shape)
-    root = ET.Element("SpimData", version="0.2")
-    ET.SubElement(root, "BasePath", type="relative").text = "."
-    seq = ET.SubElement(root, "SequenceDescription")
-    loader = ET.SubElement(seq, "ImageLoader", format="spimreconstruction.filemap2")
-    ET.SubElement(loader, "ZGrouped").text = "false"
-    mapping = ET.SubElement(ET.SubElement(loader, "files"), "FileMapping", view_setup="0", timepoint="0",
-                            series="0", channel="0")
-    ET.SubElement(mapping, "file", type="relative").text = moving_file
-    setups = ET.SubElement(seq, "ViewSetups")
-    setup = ET.SubElement(setups, "ViewSetup")
-    ET.SubElement(setup, "id").text = "0"
-    ET.SubElement(setup, "name").text = Path(moving_file).stem
-    ET.SubElement(setup, "size").text = f"{w} {h} {d}"
-    vox = ET.SubElement(setup, "voxelSize")
-    ET.SubElement(vox, "unit").text = moving_pixel_size.unit if moving_pixel_size else "pixel"
-    ET.SubElement(vox, "size").text = " ".join(repr(float(v)) for v in np.diag(s_m)[:3])
-    ET.SubElement(ET.SubElement(setup, "attributes"), "channel").text = "0"
-    channel = ET.SubElement(ET.SubElement(setups, "Attributes", name="channel"), "Channel")
-    ET.SubElement(channel, "id").text = "0"
-    ET.SubElement(channel, "name").text = "0"
-    tps = ET.SubElement(seq, "Timepoints", type="range")
-    ET.SubElement(tps, "first").text = "0"
-    ET.SubElement(tps, "last").text = "0"
-    reg = ET.SubElement(ET.SubElement(root, "ViewRegistrations"), "ViewRegistration", timepoint="0", setup="0")
-    for name, m in (("Big Warp: Affine", world), ("calibration", s_m)):
-        vt = ET.SubElement(reg, "ViewTransform", type="affine")
-        ET.SubElement(vt, "Name").text = name
-        ET.SubElement(vt, "affine").text = _row_major(m)
-    ET.indent(root)
-    p = Path(path)
-    ET.ElementTree(root).write(p, encoding="UTF-8", xml_declaration=True)
-    return p
+    return write_spimdata_xml(path, world, s_m, (w, h, d), moving_file=moving_file,
+                              unit=moving_pixel_size.unit if moving_pixel_size else "pixel")
 
 
 def read_bigwarp_xml3d(path, *, fixed_pixel_size: Optional[PixelSize] = None) -> np.ndarray:

@@ -326,6 +326,13 @@ def convert_length(value: float, unit: str, to: str) -> float:
 
 # --- writing ---------------------------------------------------------------------------
 
+def imagej_compatible(a: np.ndarray) -> np.ndarray:
+    """``a`` in a type ImageJ stores: uint8/uint16/float32 kept, bool → uint8, anything else → float32."""
+    if a.dtype == bool:
+        return a.astype(np.uint8)
+    return a if a.dtype in (np.uint8, np.uint16, np.float32) else a.astype(np.float32)
+
+
 def write_tiff(path, array: np.ndarray, pixel_size: Optional[PixelSize] = None) -> Path:
     """Write a (H, W) or (C, H, W) image as an ImageJ TIFF that Fiji opens with the right pixel size.
 
@@ -336,10 +343,7 @@ def write_tiff(path, array: np.ndarray, pixel_size: Optional[PixelSize] = None) 
         raise InputError(f"cannot write an image of shape {a.shape}; expected (H, W) or (C, H, W)")
     if a.ndim == 3 and a.shape[2] <= 4 < a.shape[0]:
         raise InputError(f"write_tiff expects channels first (C, H, W), got shape {a.shape} (looks like H, W, C)")
-    if a.dtype == bool:
-        a = a.astype(np.uint8)
-    elif a.dtype not in (np.uint8, np.uint16, np.float32):
-        a = a.astype(np.float32)
+    a = imagej_compatible(a)
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     meta = {"axes": "YX" if a.ndim == 2 else "CYX"}

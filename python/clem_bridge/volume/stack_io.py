@@ -16,6 +16,7 @@ import tifffile
 
 from ..errors import InputError
 from ..io import convert_length, normalize_unit
+from ..io.images import imagej_compatible
 from ..schema import PixelSize
 
 MAX_VOXELS = 2 ** 31
@@ -186,10 +187,7 @@ def write_stack(path, data: np.ndarray, voxel: Optional[PixelSize] = None) -> Pa
         a = a[None]
     if a.ndim != 4 or a.size == 0:
         raise InputError(f"cannot write a stack of shape {np.shape(data)}; expected (Z, Y, X) or (C, Z, Y, X)")
-    if a.dtype == bool:
-        a = a.astype(np.uint8)
-    elif a.dtype not in (np.uint8, np.uint16, np.float32):
-        a = a.astype(np.float32)
+    a = imagej_compatible(a)
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     meta = {"axes": "ZCYX"}
