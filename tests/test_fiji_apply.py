@@ -322,6 +322,7 @@ def test_apply_3d_transform_to_stacks_groovy_and_jython(case, volumes):
     within rounding) with the EM's voxel calibration; stacks that do not match the transform, 2-D readers of it and Register EM-LM on stacks are one
     clear sentence."""
     root, f2m, em_shape = volumes["root"], volumes["f2m"], volumes["em_shape"]
+    tifffile.imwrite(root / "flat.tif", volumes["lm16"][0])         # a 2-D LM beside an EM stack
     r = run_script(case["app"], "Apply_CLEM_Transform.groovy",
                    f'image_file="{root / "lm.tif"}",target_file="{root / "em.tif"}",'
                    f'transform_file="{root / "transform.json"}",out_file="{root / "groovy.tif"}"')
@@ -359,15 +360,13 @@ for call in (lambda: clem.apply_transform_file(em, path, em), lambda: clem.read_
         print("error " + str(e))
 import clem_bridge_fiji as fiji
 fiji.run_command("Register_EM-LM.py", lambda: fiji.register(
-    {str(root / 'em.tif')!r}, "", {str(root / 'lm16.tif')!r}, "", 0, "", "http://127.0.0.1:9", "", "fast", 0,
+    {str(root / 'em.tif')!r}, "", {str(root / 'flat.tif')!r}, "", 0, "", "http://127.0.0.1:9", "", "fast", 0,
     {str(root / 'reg')!r}))
 """
     r = run_jython(case["app"], code)
     assert r.returncode == 0, r.stderr
-    assert r.stderr.strip() == ("error: the EM image em.tif is a stack (12 planes); Register EM-LM is 2-D (the server "
-                                "has no 3-D registration yet): register the stacks with 'clem-bridge register EM LM "
-                                "-o DIR', which registers stacks in 3-D, and apply its transform.json with Apply CLEM "
-                                "Transform")
+    assert r.stderr.strip() == ("error: the EM image em.tif is a stack (12 planes); Register EM-LM is 2-D unless both "
+                                "images are Z stacks (then it registers them in 3-D)")
     assert_same_volume_warp(root / "jy16.tif", volumes["lm16"][None], f2m, em_shape, atol=1)
     assert_same_volume_warp(root / "jy16_csv.tif", volumes["lm16"][None], f2m, em_shape, atol=1)
     errors = [ln[6:] for ln in r.stdout.splitlines() if ln.startswith("error ")]
