@@ -71,3 +71,27 @@ def test_bad_inputs_fail_before_registering(phantom, tmp_path):
         with pytest.raises(InputError, match=msg):
             register_files(device="cpu", **kw)
     assert not (tmp_path / "o").exists()
+
+
+def test_mirrored_lm_through_the_cli_and_every_transform_file(tmp_path):
+    """A mirrored LM (inverted microscope): ``clem-bridge register`` finds det < 0 and every file written for
+    Fiji carries the same mirrored matrix."""
+    from typer.testing import CliRunner
+
+    from clem_bridge.cli import app
+    from clem_bridge.export import FILE_NAMES, read_transform
+    from clem_bridge.synthetic import centred_affine, make_pair, save_pair
+    shape = (192, 192)
+    flip = np.array([[-1.0, 0, shape[1] - 1], [0, 1, 0], [0, 0, 1]])   # about the EM's vertical centre line
+    truth = centred_affine(shape, shape, rotation_deg=25.0, translation=(6.0, -4.0)) @ flip
+    pair = make_pair(shape, fixed_to_moving=truth, seed=3)
+    em, lm = save_pair(pair, tmp_path)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["register", str(em), str(lm), "--out", str(out), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    reg = load_transform_json(out / "transform.json")
+    assert np.linalg.det(reg.fixed_to_moving[:2, :2]) < 0
+    assert T.tre(reg.fixed_to_moving, pair.fixed_to_moving, shape) < 1.0
+    for name in FILE_NAMES.values():
+        m = read_transform(out / name, fixed_pixel_size=pair.fixed_pixel_size, moving_pixel_size=pair.moving_pixel_size)
+        np.testing.assert_allclose(m, reg.fixed_to_moving, atol=1e-6)

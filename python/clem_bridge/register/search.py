@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ..peaks import subpixel_peak
 from ..transforms import center_of, from_params
 
 
@@ -47,21 +48,6 @@ def candidate(fixed_shape, moving_shape, angle: float, scale: float, mirrored: b
     return m
 
 
-def _subpixel(resp: np.ndarray, loc: tuple[int, int]) -> tuple[float, float]:
-    """Parabolic sub-pixel refinement of a 2-D correlation peak at ``loc`` = (x, y)."""
-    x, y = loc
-    dx = dy = 0.0
-    if 0 < x < resp.shape[1] - 1:
-        a, b, c = resp[y, x - 1], resp[y, x], resp[y, x + 1]
-        den = a - 2 * b + c
-        dx = 0.5 * (a - c) / den if den < 0 else 0.0
-    if 0 < y < resp.shape[0] - 1:
-        a, b, c = resp[y - 1, x], resp[y, x], resp[y + 1, x]
-        den = a - 2 * b + c
-        dy = 0.5 * (a - c) / den if den < 0 else 0.0
-    return x + float(np.clip(dx, -0.5, 0.5)), y + float(np.clip(dy, -0.5, 0.5))
-
-
 class _Matcher:
     """Gradient images of one fixed/moving pair and the translation search for a candidate."""
 
@@ -82,7 +68,7 @@ class _Matcher:
                                 borderValue=0.0)
         resp = cv2.matchTemplate(canvas, self.fg, cv2.TM_CCOEFF_NORMED)
         _, best, _, loc = cv2.minMaxLoc(resp)
-        u, v = _subpixel(resp, loc)
+        u, v, _ = subpixel_peak(resp, loc)
         t = np.array([[1, 0, u - mx], [0, 1, v - my], [0, 0, 1.0]])
         return float(best), float(angle), float(scale), bool(mirrored), base @ t
 
