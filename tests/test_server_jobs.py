@@ -229,3 +229,24 @@ def test_concurrent_registrations_are_all_recovered(tmp_path):
         warped = c.get(f"/v1/jobs/{ids[0]}/artifacts/lm_warped.tif")
         assert warped.status_code == 200 and warped.headers["content-type"] == "image/tiff"
         assert tifffile.imread(io.BytesIO(warped.content)).shape[-2:] == SHAPE
+
+
+def test_mirrored_lm_job_returns_a_mirrored_matrix_and_fiji_files(tmp_path):
+    """An inverted-microscope LM (mirror image of the EM) through the server: det < 0 in the result and in the
+    BigWarp / mpicbg artifacts."""
+    from clem_bridge.export import read_transform
+    from clem_bridge.synthetic import centred_affine
+    flip = np.array([[-1.0, 0, SHAPE[1] - 1], [0, 1, 0], [0, 0, 1]])
+    pair = make_pair(shape=SHAPE, seed=4, fixed_to_moving=centred_affine(SHAPE, SHAPE, rotation_deg=-20) @ flip)
+    with app_client(tmp_path / "data") as c:
+        files = [("em", ("em.tif", tiff_bytes(pair.em))), ("lm", ("lm.tif", tiff_bytes(pair.lm["reflected"])))]
+        r = c.post("/v1/register", files=files, data={"params": json.dumps({"seed": 0})})
+        assert r.status_code == 202, r.text
+        job = finished(c, r.json()["id"])
+        rec = c.get(f"/v1/jobs/{job['id']}/result").json()
+        f2m = np.array(rec["fixed_to_moving"])
+        assert np.linalg.det(f2m[:2, :2]) < 0 and T.tre(f2m, pair.fixed_to_moving, SHAPE) < 1.5   # 96 px phantom
+        for name in ("bigwarp_landmarks.csv", "moving-bigWarp.xml", "mpicbg_affine.xml"):
+            path = tmp_path / name
+            path.write_bytes(c.get(f"/v1/jobs/{job['id']}/artifacts/{name}").content)
+            np.testing.assert_allclose(read_transform(path), f2m, atol=1e-6)
