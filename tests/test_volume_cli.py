@@ -16,7 +16,7 @@ from clem_bridge.schema import PixelSize
 from clem_bridge.transforms3d import tre3d_components, valid_mask3d, warp_volume
 from clem_bridge.volume.phantom import make_phantom3d
 from clem_bridge.volume.stack_io import read_stack, write_stack
-from clem_bridge.workflows.register3d import wants_3d
+from clem_bridge.volume.stack_io import wants_3d
 
 GEOMETRY = dict(em_shape=(16, 64, 64), em_voxel=(0.15, 0.15, 0.3), lm_shape=(10, 64, 64), lm_voxel=(0.3, 0.3, 2.0),
                 psf_sigma_um=(0.15, 0.15, 0.8), cell_size=4.5)

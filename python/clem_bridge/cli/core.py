@@ -57,7 +57,7 @@ def add_commands(app) -> None:
 
         Two Z stacks (or --3d) run the 3-D workflow of 'register3d'."""
         with user_errors():
-            from ..workflows.register3d import wants_3d
+            from ..volume.stack_io import wants_3d
             if wants_3d(em, lm, force=three_d):
                 two_d_only = {"--prepare": prepare, "--psr": psr is not None, "--extra-channel": bool(extra_channel),
                               "--preset thesis": preset != "fast", "--server": bool(server)}

@@ -199,3 +199,14 @@ def write_stack(path, data: np.ndarray, voxel: Optional[PixelSize] = None) -> Pa
         kw["resolution"] = (1.0 / voxel.x, 1.0 / voxel.y)
     tifffile.imwrite(p, np.ascontiguousarray(np.transpose(a, (1, 0, 2, 3))), imagej=True, metadata=meta, **kw)
     return p
+
+
+def wants_3d(em_path, lm_path, *, force: bool = False) -> bool:
+    """Whether ``clem-bridge register`` should run the 3-D workflow: both files are Z stacks, or ``force``
+    (``--3d``).  One stack with one 2-D image is an :class:`InputError` (no silent 2-D fallback)."""
+    em3, lm3 = is_stack(em_path), is_stack(lm_path)
+    if em3 != lm3:
+        stack, flat = (em_path, lm_path) if em3 else (lm_path, em_path)
+        raise InputError(f"{Path(stack).name} is a Z stack but {Path(flat).name} is a 2-D image; register two "
+                         "stacks (3-D) or two 2-D images (make a projection or pick a slice in Fiji)")
+    return force or em3

@@ -27,21 +27,10 @@ from ..result import Registration
 from ..schema import PixelSize
 from ..transforms3d import translation, valid_mask3d, warp_volume_tiled
 from ..volume.register3d import check_volume, register_volumes
-from ..volume.stack_io import MAX_VOXELS, is_stack, read_stack, write_stack
+from ..volume.stack_io import MAX_VOXELS, read_stack, write_stack
 from .outputs import MI_CURVE_PNG, OVERLAY_PNG, TRANSFORM_JSON, WARPED_TIFF
 
 SLAB = 16      # EM slices warped and written at a time
-
-
-def wants_3d(em_path, lm_path, *, force: bool = False) -> bool:
-    """Whether ``clem-bridge register`` should run the 3-D workflow: both files are Z stacks, or ``force``
-    (``--3d``).  One stack with one 2-D image is an :class:`InputError` (no silent 2-D fallback)."""
-    em3, lm3 = is_stack(em_path), is_stack(lm_path)
-    if em3 != lm3:
-        stack, flat = (em_path, lm_path) if em3 else (lm_path, em_path)
-        raise InputError(f"{Path(stack).name} is a Z stack but {Path(flat).name} is a 2-D image; register two "
-                         "stacks (3-D) or two 2-D images (make a projection or pick a slice in Fiji)")
-    return force or em3
 
 
 def _voxel(given: Optional[PixelSize], found: Optional[PixelSize], name: str) -> PixelSize:
