@@ -4,13 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image
 from pytorch_msssim import ms_ssim, ssim
 
 from .intensity import percentile_normalise
+from .transforms import area_resize
 
 COLOURS = {"magenta": (1.0, 0.0, 1.0), "green": (0.0, 1.0, 0.0), "cyan": (0.0, 1.0, 1.0),
            "yellow": (1.0, 1.0, 0.0), "red": (1.0, 0.0, 0.0), "blue": (0.2, 0.4, 1.0), "orange": (1.0, 0.5, 0.0)}
@@ -68,8 +68,8 @@ def _ssim_score(a: np.ndarray, b: np.ndarray) -> float:
     """MS-SSIM when the box is large enough (> 160 px a side), else SSIM with the largest window that fits."""
     s = max(a.shape) / SSIM_MAX_SIDE
     if s > 1:
-        size = (max(int(a.shape[1] / s), 1), max(int(a.shape[0] / s), 1))
-        a, b = cv2.resize(a, size, interpolation=cv2.INTER_AREA), cv2.resize(b, size, interpolation=cv2.INTER_AREA)
+        size = (max(int(a.shape[0] / s), 1), max(int(a.shape[1] / s), 1))
+        a, b = area_resize(a, size)[0], area_resize(b, size)[0]
     ta, tb = (torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None] for x in (a, b))
     side = min(a.shape)
     with torch.no_grad():
@@ -143,8 +143,7 @@ def save_overlay_png(path, em: np.ndarray, channels: Sequence[np.ndarray], colou
     rgb = overlay_rgb(em, channels, colours, mask)
     if max_side and max(rgb.shape[:2]) > max_side:
         s = max_side / max(rgb.shape[:2])
-        rgb = cv2.resize(rgb, (max(int(rgb.shape[1] * s), 1), max(int(rgb.shape[0] * s), 1)),
-                         interpolation=cv2.INTER_AREA)
+        rgb = area_resize(rgb, (max(int(rgb.shape[0] * s), 1), max(int(rgb.shape[1] * s), 1)))[0]
     p = Path(path)
     Image.fromarray(rgb).save(p)
     return p

@@ -16,6 +16,7 @@ from ..device import select_device
 from ..errors import Cancelled, InputError
 from ..io import MAX_PIXELS, check_image
 from ..progress import CancelFn, Progress, ProgressFn
+from ..transforms import area_resize
 from . import DEFAULT_MODEL
 from .normalize import normalize_em
 from .unet import UNet
@@ -135,7 +136,7 @@ def predict_chromatin(em, model: ChromatinModel | str = DEFAULT_MODEL, *, device
         model = load_model(model, device=select_device(str(device)))
     b = model.bin
     h, w = a.shape
-    small = a if b == 1 else cv2.resize(a, (max(1, round(w / b)), max(1, round(h / b))), interpolation=cv2.INTER_AREA)
+    small = area_resize(a, (max(1, round(h / b)), max(1, round(w / b))))[0]
     y = predict_tiles(model.net, normalize_em(small, model.em_normalisation), tile=tile, overlap=overlap, batch=batch,
                       progress=progress, cancelled=cancelled)
     return y if y.shape == (h, w) else cv2.resize(y, (w, h), interpolation=cv2.INTER_LINEAR)

@@ -13,6 +13,7 @@ import yaml
 
 from ..device import select_device
 from ..errors import InputError
+from ..transforms import area_resize
 from .normalize import normalize_chromatin, normalize_em
 from .predict import CARD, WEIGHTS, ChromatinModel, predict_chromatin, predict_tiles
 from .unet import UNet
@@ -48,8 +49,7 @@ def _bin(img: np.ndarray, b: int) -> np.ndarray:
     if b == 1:
         return img.astype(np.float32)
     h, w = img.shape
-    return cv2.resize(img.astype(np.float32), (max(1, round(w / b)), max(1, round(h / b))),
-                      interpolation=cv2.INTER_AREA)
+    return area_resize(img.astype(np.float32), (max(1, round(h / b)), max(1, round(w / b))))[0]
 
 
 def prepare_pairs(pairs: Sequence[tuple[np.ndarray, np.ndarray]], b: int,

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from ..peaks import subpixel_peak
-from ..transforms import center_of, from_params
+from ..transforms import area_resize, center_of, from_params
 
 
 @dataclass(frozen=True)
@@ -108,8 +108,8 @@ def global_search(fixed: np.ndarray, moving: np.ndarray, *, rotation_range_deg: 
         angles = [k * coarse_step for k in range(-n, n + 1)]
     hands = (False, True) if mirror else (False,)
 
-    small = lambda img: cv2.resize(img, (max(int(img.shape[1] / coarse_factor), 8),  # noqa: E731
-                                         max(int(img.shape[0] / coarse_factor), 8)), interpolation=cv2.INTER_AREA)
+    small = lambda img: area_resize(img, (max(int(img.shape[0] / coarse_factor), 8),  # noqa: E731
+                                          max(int(img.shape[1] / coarse_factor), 8)))[0]
     coarse = _Matcher(small(fixed), small(moving), max_shift_frac, sigma)
     ranked = sorted((coarse.score(a, s, h) for h in hands for s in scales for a in angles),
                     key=lambda r: -r[0])

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from scipy import ndimage, optimize
 
 from ..errors import Cancelled
+from ..intensity import percentile_normalise
 from ..progress import Progress
 from ..quality import histogram_mi
 from ..register.mine import MineNet, dv_bound
@@ -96,11 +97,6 @@ class _Level:
     voxels_per_unit: float         # level voxels per frame unit (plateau test)
 
 
-def _normalise(a: np.ndarray) -> np.ndarray:
-    lo, hi = np.percentile(a, [0.5, 99.5])
-    return np.clip((a - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
-
-
 def _levels(em_b, lm, em_v, lm_v, ff, fm, radius, p: Mine3DParams, rng) -> list[_Level]:
     em_ext = np.array(em_b.shape[::-1]) * em_v
     r_fine = max(em_v[0], em_v[1], max(em_ext) / p.finest_size)
@@ -110,7 +106,7 @@ def _levels(em_b, lm, em_v, lm_v, ff, fm, radius, p: Mine3DParams, rng) -> list[
     for r in reversed(sizes):
         f_l, f_v, f_m = resample(em_b, em_v, (r, r, max(r, em_v[2])))
         m_l, m_v, m_m = resample(lm, lm_v, (max(r, lm_v[0]), max(r, lm_v[1]), max(r, lm_v[2])))
-        f_l, m_l = _normalise(f_l), _normalise(m_l)
+        f_l, m_l = percentile_normalise(f_l, 0.5, 99.5), percentile_normalise(m_l, 0.5, 99.5)
         grad = np.sqrt(sum((ndimage.sobel(ndimage.gaussian_filter(f_l, 1.0), axis=a) / f_v[2 - a]) ** 2
                            for a in range(3) if f_l.shape[a] > 2))
         mask = grad >= np.quantile(grad, 1.0 - p.structure_fraction)
