@@ -180,7 +180,11 @@ def dask_cluster(folder: Path, scheduler_args=(), worker_args=()):
         for p in procs:
             p.terminate()
         for p in procs:
-            p.wait(timeout=60)
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:        # a worker busy in a task may ignore SIGTERM: stop it hard
+                p.kill()
+                p.wait(timeout=30)
 
 
 @pytest.mark.slow
