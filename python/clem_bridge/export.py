@@ -194,17 +194,14 @@ def write_bigwarp_xml(path, fixed_to_moving, moving_shape, *, moving_file: str =
                               unit=moving_pixel_size.unit if moving_pixel_size else "pixel", moving_file=moving_file)
 
 
-def read_bigwarp_xml(path, *, fixed_pixel_size: Optional[PixelSize] = None) -> np.ndarray:
-    """``fixed_to_moving`` (pixels) from a moving-image SpimData XML (ViewRegistration of setup 0).
-
-    The ViewRegistration maps moving pixels to fixed world units; ``fixed_pixel_size`` turns those
-    into EM pixels (the XML does not describe the EM image).
-    """
+def spimdata_model(path) -> np.ndarray:
+    """The 4×4 product of the ViewTransforms of a SpimData XML's first ViewRegistration (moving voxels →
+    fixed world), for the 2-D and 3-D readers."""
     root = _parse_xml(path)
     reg = root.find("./ViewRegistrations/ViewRegistration")
     if root.tag != "SpimData" or reg is None:
         raise InputError(f"{path} is not a SpimData XML with a ViewRegistration")
-    model = np.eye(3)
+    model = np.eye(4)
     for vt in reg.findall("ViewTransform"):
         try:
             v = [float(t) for t in vt.findtext("affine", "").split()]
@@ -212,7 +209,18 @@ def read_bigwarp_xml(path, *, fixed_pixel_size: Optional[PixelSize] = None) -> n
             v = []
         if len(v) != 12:
             raise InputError(f"{path}: a ViewTransform <affine> must hold 12 numbers")
-        model = model @ np.array([[v[0], v[1], v[3]], [v[4], v[5], v[7]], [0.0, 0.0, 1.0]])
+        model = model @ np.vstack([np.reshape(v, (3, 4)), [0.0, 0.0, 0.0, 1.0]])
+    return model
+
+
+def read_bigwarp_xml(path, *, fixed_pixel_size: Optional[PixelSize] = None) -> np.ndarray:
+    """``fixed_to_moving`` (pixels) from a moving-image SpimData XML (ViewRegistration of setup 0).
+
+    The ViewRegistration maps moving pixels to fixed world units; ``fixed_pixel_size`` turns those
+    into EM pixels (the XML does not describe the EM image).
+    """
+    m4 = spimdata_model(path)
+    model = np.array([[m4[0, 0], m4[0, 1], m4[0, 3]], [m4[1, 0], m4[1, 1], m4[1, 3]], [0.0, 0.0, 1.0]])
     try:
         return np.linalg.inv(np.linalg.inv(_scale(fixed_pixel_size)) @ as_matrix(model))
     except ValueError as e:

@@ -16,14 +16,13 @@ every reader returns it.  Formats as in ``fiji-interop.md`` (§1, §2), in 3-D:
 from __future__ import annotations
 
 import csv
-import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from .errors import InputError
-from .export import write_spimdata_xml
+from .export import spimdata_model, write_spimdata_xml
 from .result import Registration
 from .schema import PixelSize
 from .transforms3d import apply_to_points3d, as_matrix4, voxel_matrix
@@ -120,22 +119,7 @@ def write_bigwarp_xml3d(path, fixed_to_moving, moving_shape, *, moving_file: str
 def read_bigwarp_xml3d(path, *, fixed_pixel_size: Optional[PixelSize] = None) -> np.ndarray:
     """``fixed_to_moving`` (voxels) from a moving-stack SpimData XML (its ViewRegistration maps LM voxels
     to EM world units; ``fixed_pixel_size`` turns those into EM voxels)."""
-    try:
-        root = ET.parse(path).getroot()
-    except (ET.ParseError, OSError) as e:
-        raise InputError(f"cannot read {path} as XML: {e}") from None
-    reg = root.find("./ViewRegistrations/ViewRegistration")
-    if root.tag != "SpimData" or reg is None:
-        raise InputError(f"{path} is not a SpimData XML with a ViewRegistration")
-    model = np.eye(4)
-    for vt in reg.findall("ViewTransform"):
-        try:
-            v = [float(t) for t in vt.findtext("affine", "").split()]
-        except ValueError:
-            v = []
-        if len(v) != 12:
-            raise InputError(f"{path}: a ViewTransform <affine> must hold 12 numbers")
-        model = model @ np.vstack([np.reshape(v, (3, 4)), [0.0, 0.0, 0.0, 1.0]])
+    model = spimdata_model(path)
     try:
         return np.linalg.inv(np.linalg.inv(voxel_matrix(_voxel(fixed_pixel_size))) @ as_matrix4(model))
     except ValueError as e:
