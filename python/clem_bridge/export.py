@@ -67,18 +67,19 @@ def write_bigwarp_csv(path, fixed_to_moving, fixed_shape, *, fixed_pixel_size: O
     """Write a BigWarp 2-D landmarks CSV (moving columns first, world units) reproducing the affine."""
     rows = bigwarp_landmarks(fixed_to_moving, fixed_shape, fixed_pixel_size=fixed_pixel_size,
                              moving_pixel_size=moving_pixel_size, n=n)
-    return _write_landmark_rows(path, rows)
+    return write_landmark_rows(path, rows)
 
 
 def write_landmark_pairs_csv(path, moving_px, fixed_px, *, fixed_pixel_size: Optional[PixelSize] = None,
                              moving_pixel_size: Optional[PixelSize] = None) -> Path:
     """Write point pairs given in pixels (e.g. matched fiducial beads) as a BigWarp 2-D landmarks CSV."""
     moving_px, fixed_px = np.asarray(moving_px, float).reshape(-1, 2), np.asarray(fixed_px, float).reshape(-1, 2)
-    return _write_landmark_rows(path, np.hstack([apply_to_points(_scale(moving_pixel_size), moving_px),
+    return write_landmark_rows(path, np.hstack([apply_to_points(_scale(moving_pixel_size), moving_px),
                                                  apply_to_points(_scale(fixed_pixel_size), fixed_px)]))
 
 
-def _write_landmark_rows(path, rows: np.ndarray) -> Path:
+def write_landmark_rows(path, rows: np.ndarray) -> Path:
+    """BigWarp landmark rows (``Pt-i``, active, moving then fixed world coordinates), quoted as BigWarp writes them."""
     p = Path(path)
     with p.open("w", newline="") as f:
         w = csv.writer(f, quoting=csv.QUOTE_ALL, lineterminator="\n")
@@ -88,14 +89,17 @@ def _write_landmark_rows(path, rows: np.ndarray) -> Path:
 
 
 def fit_affine(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares 3×3 affine with ``dst ≈ A · src`` for ``(N, 2)`` point arrays (N ≥ 3, not collinear)."""
+    """Least-squares homogeneous affine with ``dst ≈ A · src`` for ``(N, d)`` point arrays, d = 2 (3×3; N ≥ 3,
+    not collinear) or 3 (4×4; N ≥ 4, not coplanar)."""
     src = np.asarray(src, np.float64)
     dst = np.asarray(dst, np.float64)
+    d = src.shape[1]
     design = np.hstack([src, np.ones((len(src), 1))])
-    if len(src) < 3 or np.linalg.matrix_rank(design) < 3:
-        raise InputError("an affine needs at least 3 active landmark pairs that are not on one line")
+    if len(src) < d + 1 or np.linalg.matrix_rank(design) < d + 1:
+        raise InputError("an affine needs at least 3 active landmark pairs that are not on one line" if d == 2 else
+                         "a 3-D affine needs at least 4 active landmark pairs that are not in one plane")
     sol, *_ = np.linalg.lstsq(design, dst, rcond=None)
-    return np.vstack([sol.T, [0.0, 0.0, 1.0]])
+    return np.vstack([sol.T, np.eye(d + 1)[d]])
 
 
 def read_bigwarp_landmarks(path) -> tuple[np.ndarray, np.ndarray]:

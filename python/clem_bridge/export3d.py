@@ -22,7 +22,7 @@ from typing import Optional
 import numpy as np
 
 from .errors import InputError
-from .export import spimdata_model, write_spimdata_xml
+from .export import fit_affine, spimdata_model, write_landmark_rows, write_spimdata_xml
 from .result import Registration
 from .schema import PixelSize
 from .transforms3d import apply_to_points3d, as_matrix4, voxel_matrix
@@ -58,21 +58,7 @@ def write_bigwarp_csv3d(path, fixed_to_moving, fixed_shape, *, fixed_pixel_size:
     """Write a BigWarp 3-D landmarks CSV (moving columns first, world units) reproducing the affine."""
     rows = bigwarp_landmarks3d(fixed_to_moving, fixed_shape, fixed_pixel_size=fixed_pixel_size,
                                moving_pixel_size=moving_pixel_size, n=n)
-    p = Path(path)
-    with p.open("w", newline="") as f:
-        w = csv.writer(f, quoting=csv.QUOTE_ALL, lineterminator="\n")
-        for i, r in enumerate(rows):
-            w.writerow([f"Pt-{i}", "true", *(repr(float(v)) for v in r)])
-    return p
-
-
-def fit_affine3d(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares 4×4 affine with ``dst ≈ A · src`` for ``(N, 3)`` points (N ≥ 4, not coplanar)."""
-    design = np.hstack([np.asarray(src, np.float64), np.ones((len(src), 1))])
-    if len(src) < 4 or np.linalg.matrix_rank(design) < 4:
-        raise InputError("a 3-D affine needs at least 4 active landmark pairs that are not in one plane")
-    sol, *_ = np.linalg.lstsq(design, np.asarray(dst, np.float64), rcond=None)
-    return np.vstack([sol.T, [0.0, 0.0, 0.0, 1.0]])
+    return write_landmark_rows(path, rows)
 
 
 def read_bigwarp_csv3d(path, *, fixed_pixel_size: Optional[PixelSize] = None,
@@ -100,7 +86,7 @@ def read_bigwarp_csv3d(path, *, fixed_pixel_size: Optional[PixelSize] = None,
     m, fx = np.asarray(moving, np.float64).reshape(-1, 3), np.asarray(fixed, np.float64).reshape(-1, 3)
     if not (np.all(np.isfinite(m)) and np.all(np.isfinite(fx))):
         raise InputError(f"{path} has active landmarks with an unset (infinite) point")
-    world = fit_affine3d(m, fx)          # moving world → fixed world (mpicbg AffineModel3D.fit)
+    world = fit_affine(m, fx)          # moving world → fixed world (mpicbg AffineModel3D.fit)
     return np.linalg.inv(np.linalg.inv(voxel_matrix(_voxel(fixed_pixel_size))) @ world
                          @ voxel_matrix(_voxel(moving_pixel_size)))
 
