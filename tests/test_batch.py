@@ -17,7 +17,7 @@ import pytest
 from clem_bridge import transforms as T
 from clem_bridge.io import read_image
 from clem_bridge.synthetic import make_pair, save_pair
-from clem_bridge.workflows.batch import pairs_from_glob, read_manifest, run_batch
+from clem_bridge.workflows.batch import OneThreadPerTask, dask_client, pairs_from_glob, read_manifest, run_batch
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 CLI = [sys.executable, "-c", "from clem_bridge.cli import main; main()"]
@@ -145,6 +145,30 @@ def test_local_cluster_run(pairs, local_run):
         np.testing.assert_array_equal(warped.data, tif.data)
         assert warped.pixel_size == tif.pixel_size
     assert not (out / ".partial").exists() or not any((out / ".partial").iterdir())
+
+
+def _worker_state() -> dict:
+    import cv2
+    import torch
+    return {"ppid": os.getppid(), "torch_threads": torch.get_num_threads(), "cv2_threads": cv2.getNumThreads(),
+            "preloaded": [m for m in ("torch._dynamo", "clem_bridge.workflows.register") if m in sys.modules]}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_local_workers_fork_from_a_single_threaded_preloaded_server():
+    """Local workers are forked from one server that imported torch and the register workflow (not spawned by
+    this process, each importing them); that server never started a thread, so forking it is safe; each worker
+    runs torch and OpenCV on one thread."""
+    with dask_client(2, None, {"register"}) as client:
+        client.register_plugin(OneThreadPerTask())
+        states = list(client.run(_worker_state).values())
+        server = states[0]["ppid"]
+        threads = [ln.split()[1] for ln in open(f"/proc/{server}/status") if ln.startswith("Threads:")]
+    assert len(states) == 2 and {s["ppid"] for s in states} == {server} and server != os.getpid()
+    assert threads == ["1"]
+    assert all(s["preloaded"] == ["torch._dynamo", "clem_bridge.workflows.register"] for s in states)
+    assert all(s["torch_threads"] == 1 and s["cv2_threads"] == 1 for s in states)
 
 
 @pytest.mark.slow

@@ -12,16 +12,23 @@ the command-line default. Or a folder with a pairing rule ``'EM_*.tif:LM_*.czi'`
 row in the summary saying why; the others run.
 
 **Execution.** Each pair is one Dask task (:func:`run_pair`) that calls the pair's files-in/files-out
-workflow. By default a ``LocalCluster`` of ``workers`` processes with one thread each; Dask's nanny sets
-``OMP_NUM_THREADS=MKL_NUM_THREADS=1`` in each and :class:`OneThreadPerTask` pins torch and OpenCV to one
-thread on every worker, so a pair uses one core.
+workflow. By default a ``LocalCluster`` of ``workers`` processes with one thread each, forked (Dask's
+``multiprocessing-method`` ``forkserver``) from a server process that has already imported what a pair needs
+(:data:`WORKER_MODULES`, with ``OMP_NUM_THREADS=MKL_NUM_THREADS=OPENBLAS_NUM_THREADS=1`` set before torch and
+numpy load): the imports (~3 s a worker on a 2-core machine, most of it torch's lazily loaded compiler and
+shape-guard modules on the first pair) are paid once per batch, and forked workers exit without the
+interpreter's slow teardown of torch. The server only imports: it runs no torch or OpenCV computation, so it
+has no thread pool that a fork could break (one thread, checked in the tests). Where the platform has no
+forkserver, workers are spawned as before. :class:`OneThreadPerTask` pins torch and OpenCV to one thread on
+every worker, so a pair uses one core.
 A pair that raises is recorded (``status=error``) and the batch goes on; the tasks of a worker that dies
 are rescheduled on the others (``distributed.scheduler.allowed-failures``, 3 by default, after which the
 pair's row says the worker was lost). Existing clusters, with the output folder and the input files on a
 filesystem that every worker sees::
 
     dask scheduler --host 0.0.0.0 --port 8786                      # one machine
-    OMP_NUM_THREADS=1 dask worker tcp://HOST:8786 --nworkers 8 --nthreads 1   # each worker machine
+    OMP_NUM_THREADS=1 dask worker tcp://HOST:8786 --nworkers 8 --nthreads 1 \
+        --preload clem_bridge.workflows.batch                   # each worker machine (imports before the 1st pair)
     clem-bridge batch pairs.csv --out results/ --scheduler tcp://HOST:8786
 
 On SLURM with ``dask-jobqueue`` (``pip install dask-jobqueue``), from a login node::
@@ -40,9 +47,11 @@ output folder (a run clears ``.partial/`` when it starts).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
+import multiprocessing
 import os
 import re
 import shutil
@@ -50,9 +59,11 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass, field
+from multiprocessing import forkserver
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Iterable, Iterator, Optional, Union
 
+import dask
 from distributed import WorkerPlugin
 
 from .. import io
@@ -370,6 +381,48 @@ def _finite(d: dict) -> dict:
 
 # --- the batch (runs in the client) ---------------------------------------------------------
 
+# What a worker imports before its first pair: Dask, the batch task, OpenCV, torch, and what the first pair would
+# otherwise load lazily (the Adam optimiser imports torch._dynamo, the first tensor copy sympy's shape guards, the
+# MI curve matplotlib's Agg canvas); then the runner of each method in the batch.  A name that a later version
+# drops is skipped (the forkserver ignores ImportError), costing only speed.
+WORKER_MODULES = ("distributed", "cv2", "torch", "torch._dynamo", "torch.fx.experimental.symbolic_shapes",
+                  "matplotlib.backends.backend_agg", "clem_bridge.workflows.batch")
+RUNNER_MODULES = {"register": "clem_bridge.workflows.register", "correlate": "clem_bridge.workflows.correlate",
+                  "fiducials": "clem_bridge.workflows.fiducials"}
+# one thread per library in a worker; read by OpenMP, MKL and OpenBLAS when they load, so set before the imports
+WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
+def worker_modules(methods: Iterable[str]) -> list[str]:
+    """The modules a worker running pairs of ``methods`` imports before its first pair."""
+    return [*WORKER_MODULES, *(RUNNER_MODULES[m] for m in sorted(set(methods)) if m in RUNNER_MODULES)]
+
+
+def start_forkserver(methods: Iterable[str]) -> bool:
+    """Start this process's forkserver (if not yet running) with :func:`worker_modules` imported and
+    :data:`WORKER_ENV` set, as Dask's nanny sets its ``pre-spawn-environ`` for spawned workers (in this process's
+    environment too, as the nanny does).  Returns immediately: the server imports while the cluster starts; a
+    worker fork waits for it.  False where the platform has no forkserver."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return False
+    spawn_env = dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {}
+    os.environ.update({**{k: str(v) for k, v in spawn_env.items()}, **WORKER_ENV})
+    # "__main__": the forkserver imports the main script once instead of each worker (multiprocessing's rule)
+    multiprocessing.get_context("forkserver").set_forkserver_preload(["__main__", *worker_modules(methods)])
+    forkserver.ensure_running()
+    return True
+
+
+def dask_setup(worker) -> None:
+    """Dask preload hook (``dask worker --preload clem_bridge.workflows.batch``): import every method's modules
+    when the worker starts rather than in its first pair (set ``OMP_NUM_THREADS=1`` in the worker's shell)."""
+    import importlib
+
+    for name in worker_modules(METHODS):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+
+
 class OneThreadPerTask(WorkerPlugin):
     """Dask worker plugin: torch and OpenCV run one thread per task (``OMP_NUM_THREADS`` covers torch's
     intra-op pool only when set before torch starts; OpenCV keeps its own pool)."""
@@ -383,21 +436,29 @@ class OneThreadPerTask(WorkerPlugin):
         cv2.setNumThreads(1)
 
 
-def _connect(workers: int, scheduler: Optional[str]):
-    """``(client, cluster)``: an existing scheduler (address or scheduler file; cluster None) or a new LocalCluster."""
+@contextlib.contextmanager
+def dask_client(workers: int, scheduler: Optional[str] = None, methods: Iterable[str] = METHODS) -> Iterator:
+    """A Dask client on an existing scheduler (address or scheduler file) or on a new ``LocalCluster`` of
+    ``workers`` processes, one thread each, forked from the preloaded forkserver (:func:`start_forkserver`) for
+    pairs of ``methods``; the local cluster is closed on exit."""
     from distributed import Client, LocalCluster
 
     if scheduler:
         try:
-            if Path(scheduler).is_file():
-                return Client(scheduler_file=scheduler, timeout="30s"), None
-            return Client(scheduler, timeout="30s"), None
+            client = (Client(scheduler_file=scheduler, timeout="30s") if Path(scheduler).is_file()
+                      else Client(scheduler, timeout="30s"))
         except (OSError, TimeoutError, ValueError) as e:
             raise InputError(f"cannot reach the Dask scheduler {scheduler} ({e})") from None
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                           dashboard_address="127.0.0.1:0",          # any free port: batches may run side by side
-                           env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}, silence_logs=logging.ERROR)
-    return Client(cluster), cluster
+        with client:
+            yield client
+        return
+    forked = start_forkserver(methods)
+    # kept while the cluster lives: a nanny restarting a lost worker forks it from the same server
+    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"} if forked else {}):
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                          dashboard_address="127.0.0.1:0",          # any free port: batches may run side by side
+                          env=WORKER_ENV, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+            yield client
 
 
 def run_batch(pairs: list[Pair], out_dir, *, workers: int = 1, scheduler: Optional[str] = None,
@@ -445,8 +506,7 @@ def _compute(todo: dict[int, Pair], out: Path, workers: int, scheduler: Optional
     from tqdm import tqdm
 
     run_id = uuid.uuid4().hex[:12]
-    client, cluster = _connect(min(workers, len(todo)), scheduler)
-    try:
+    with dask_client(min(workers, len(todo)), scheduler, {p.method for p in todo.values()}) as client:
         client.register_plugin(OneThreadPerTask())                   # also on workers that join later
         futures = {client.submit(run_pair, p, str(out), output_format, run_id, pure=False,
                                  key=f"clem-pair-{p.name}-{run_id}"): i for i, p in todo.items()}
@@ -463,7 +523,3 @@ def _compute(todo: dict[int, Pair], out: Path, workers: int, scheduler: Optional
                 bar.update(1)
                 if on_done:
                     on_done(rec)
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
