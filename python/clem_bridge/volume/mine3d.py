@@ -40,6 +40,7 @@ from .prealign import blur_physical, lm_resolution, resample
 class Mine3DParams:
     """Refinement settings (``fast``); override fields with ``dataclasses.replace``."""
     levels: int = 3
+    hidden: int = 32                  # MINE network width (as the 2-D engine's fast preset)
     finest_size: int = 96             # EM long side (voxels) at the finest level at most
     coarsest_size: int = 24           # EM long side (voxels) at the coarsest level at least
     lr_mine: float = 3e-3
@@ -178,7 +179,7 @@ def _optimise_mine(levels, m0, p: Mine3DParams, seed, report, stop):
     basis = torch.from_numpy(BASIS.astype(np.float32))
     m0_t = torch.from_numpy(m0.astype(np.float32))
     v = torch.zeros(len(BASIS), requires_grad=True)
-    net = MineNet()
+    net = MineNet(hidden=p.hidden)
     opt_net = torch.optim.Adam(net.parameters(), lr=p.lr_mine, amsgrad=True)
     corners = torch.tensor([[x, y, z, 1.0] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)])
     mi_curve, stage_iters, iterations = [], [], 0

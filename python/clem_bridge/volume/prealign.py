@@ -32,6 +32,9 @@ from ..transforms3d import (apply_to_points3d, center_of3d, from_params3d, resiz
 SEARCH_SIZE = 128          # long side (px) of the EM slab in the 2-D search (it runs a coarse pass at half)
 MI_GRID = 48               # long side (voxels) of the coarse grid scored in the z / tilt search
 N_CANDIDATES = 6           # best 2-D search results judged by 3-D MI
+COARSE_SIZE = 64           # long side (px) of the EM planes when every LM slice is searched (ranking pass)
+COARSE_KEEP = 2            # distinct rotations refined per pair in the ranking pass
+N_PAIRS = 4                # best (EM plane, LM slice) pairs of the ranking pass searched again at SEARCH_SIZE
 
 
 @dataclass
@@ -76,12 +79,12 @@ def lm_resolution(lm_voxel) -> np.ndarray:
     return np.array([0.5 * v[0], 0.5 * v[1], min(0.5 * v[2], 4.0 * sxy)])
 
 
-def _search_slices(em_planes: dict, lm_slices, max_shift_frac) -> list[tuple[float, int, object]]:
-    """2-D search (both handednesses) of each EM plane in every LM slice; (EM z, LM slice, SearchResult),
-    best score first."""
+def _search_slices(em_planes: dict, lm_slices, max_shift_frac, keep: int = 6) -> list[tuple[float, int, object]]:
+    """2-D search (both handednesses) of each EM plane in each LM slice (``{index: slice}``);
+    (EM z, LM slice, SearchResult), best score first."""
     found = [(z, k, global_search(plane, lm_slice, rotation_range_deg=180.0, rotation_step_deg=3.0,
-                                  scales=(1.0,), mirror=True, max_shift_frac=max_shift_frac))
-             for z, plane in em_planes.items() for k, lm_slice in enumerate(lm_slices)]
+                                  scales=(1.0,), mirror=True, max_shift_frac=max_shift_frac, keep=keep))
+             for z, plane in em_planes.items() for k, lm_slice in lm_slices.items()]
     return sorted(found, key=lambda zkr: -zkr[2].score)
 
 
@@ -109,14 +112,22 @@ def prealign(em: np.ndarray, lm: np.ndarray, em_voxel, lm_voxel, *, tilt_search:
     lm_r, lm_rv, lm_rm = resample(lm, lm_v, (r, r, lm_v[2]))
     timings["structure_s"] = time.perf_counter() - t0
 
-    # 2. the central slice of the blurred EM (an optical section's worth) searched in every LM slice
+    # 2. two EM planes a quarter z-step either side of the centre (one is within z-step/4 of an LM slice),
+    # coarse to fine: each is searched in every LM slice at COARSE_SIZE, then the N_PAIRS best (plane,
+    # slice) pairs again at SEARCH_SIZE
     ts = time.perf_counter()
     zc_em = center_of3d(em.shape)[2]
     shift_frac = float(np.clip(0.5 * max(lm_ext[:2]) / max(em_ext[:2]) + 0.1, 0.25, 2.0))
-    # two EM planes a quarter z-step either side of the centre: one is within z-step/4 of an LM slice
     off = lm_v[2] / (4.0 * em_v[2])
-    zs = {int(round(zc_em + d)) for d in (-off, off)} if 2 * off < em.shape[0] - 1 else {int(round(zc_em))}
-    ranked = _search_slices({z: em_r[z] for z in sorted(zs)}, list(lm_r), shift_frac)
+    zs = sorted({int(round(zc_em + d)) for d in (-off, off)} if 2 * off < em.shape[0] - 1 else {int(round(zc_em))})
+    rc = max(r, max(em_ext[:2]) / COARSE_SIZE)
+    em_s, lm_s = em_r[zs], lm_r
+    if rc > 1.2 * r:
+        em_s, lm_s = resample(em_s, em_rv, (rc, rc, em_rv[2]))[0], resample(lm_r, lm_rv, (rc, rc, lm_rv[2]))[0]
+    coarse = _search_slices(dict(zip(zs, em_s)), dict(enumerate(lm_s)), shift_frac, keep=COARSE_KEEP)
+    ranked = sorted((f for z, k, _ in coarse[:N_PAIRS] for f in _search_slices({z: em_r[z]}, {k: lm_r[k]},
+                                                                               shift_frac)),
+                    key=lambda zkr: -zkr[2].score)
     timings["search_xy_s"] = time.perf_counter() - ts
 
     # 3. the best candidates judged in 3-D: z offset by histogram MI on a coarse EM grid, then tilt
