@@ -13,4 +13,5 @@ if ! command -v java >/dev/null || [ ! -f /usr/share/java/ij.jar ] || [ ! -f /us
 fi
 python3 -m pip install -q torch==2.13.0             # the local CPU build (an unpinned torch pulls CUDA wheels)
 python3 -m pip install -q ${CLEM_BRIDGE_CONSTRAINTS--c constraints.txt} -e ".[test,bench,formats]"
-exec python3 -m pytest "$@"
+# one pytest worker per core (xdist), whole test modules per worker so module fixtures (servers, models) run once
+exec python3 -m pytest -n auto --dist loadfile "$@"

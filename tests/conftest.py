@@ -1,4 +1,6 @@
-"""Fixtures shared by several test modules."""
+"""Fixtures shared by several test modules, and thread pinning under pytest-xdist."""
+import os
+
 import pytest
 
 from clem_bridge.synthetic import make_pair, save_pair
@@ -11,3 +13,16 @@ def phantom(tmp_path_factory):
     pair = make_pair((128, 128), seed=1)
     em, lm = save_pair(pair, d)
     return pair, em, lm, d
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``scripts/test.sh`` runs one worker per core) each worker and the processes it
+    starts get their share of the cores, so parallel workers do not oversubscribe the CPU."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import cv2
+        import torch
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(threads)

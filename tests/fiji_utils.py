@@ -22,6 +22,8 @@ from clem_bridge import fiji, fiji_install
 JARS = {k: Path(v) for k, v in fiji.JARS.items()}
 CLASSPATH = f"{JARS['jython']}:{JARS['groovy']}:{JARS['ij']}"  # Fiji has all three; Jython uses Groovy's warp
 RUNNERS = Path(__file__).parent / "fiji_runners"
+# Startup-only JVM flags (C1 compiler only, serial GC): a short script's JVM starts in half the CPU time.
+FAST_START = ["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"]
 
 
 def jvm_missing() -> str | None:
@@ -59,7 +61,7 @@ def run_script(app: Path, name: str | Path, args: str = "", *, timeout: float = 
         cmd = ["java", "-cp", CLASSPATH, "org.python.util.jython", str(RUNNERS / "run_jython.py")]
     else:
         cmd = ["java", "-cp", CLASSPATH, "groovy.ui.GroovyMain", str(RUNNERS / "run_groovy.groovy")]
-    cmd[1:1] = ["-Djava.awt.headless=true", f"-Dimagej.dir={app}", "-Xss8m"]
+    cmd[1:1] = [*FAST_START, "-Djava.awt.headless=true", f"-Dimagej.dir={app}", "-Xss8m"]
     cmd += [str(work / "bindings.json")] + ([] if host else ["--headless", "--run"]) + [str(work / name), args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
@@ -68,6 +70,6 @@ def run_script(app: Path, name: str | Path, args: str = "", *, timeout: float = 
 def run_jython(app: Path, code: str, *, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run Jython ``code`` with ImageJ 1 and ``<app>/jars/Lib`` importable (library-level tests)."""
     prelude = f"import sys\nsys.path.insert(0, {str(app / 'jars' / 'Lib')!r})\n"
-    return subprocess.run(["java", "-Djava.awt.headless=true", "-cp", CLASSPATH,
+    return subprocess.run(["java", *FAST_START, "-Djava.awt.headless=true", "-cp", CLASSPATH,
                            "org.python.util.jython", "-c", prelude + code], capture_output=True, text=True,
                           timeout=timeout)

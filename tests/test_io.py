@@ -12,6 +12,7 @@ from PIL import Image
 from clem_bridge.errors import InputError
 from clem_bridge.io import check_image, normalize_unit, read_channel, read_image, write_tiff
 from clem_bridge.schema import PixelSize
+from fiji_utils import FAST_START
 
 IJ_JAR = Path("/usr/share/java/ij.jar")
 JYTHON_JAR = Path("/usr/share/java/jython.jar")
@@ -217,7 +218,7 @@ def test_imagej_reads_our_calibration(tmp_path, cyx):
         "    print('%s %r %r %s %d %d %d %d' % (f.split('/')[-1], c.pixelWidth, c.pixelHeight,\n"
         "          c.getUnit().encode('unicode_escape'), imp.getWidth(), imp.getHeight(), imp.getNChannels(),\n"
         "          imp.getBitDepth()))\n")
-    out = subprocess.run(["java", "-Djava.awt.headless=true", "-cp", f"{JYTHON_JAR}:{IJ_JAR}",
+    out = subprocess.run(["java", *FAST_START, "-Djava.awt.headless=true", "-cp", f"{JYTHON_JAR}:{IJ_JAR}",
                           "org.python.util.jython", str(script)] + [str(tmp_path / n) for n in files],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -8,7 +8,7 @@ import tifffile
 from clem_bridge.errors import InputError
 from clem_bridge.schema import PixelSize
 from clem_bridge.volume.stack_io import is_stack, read_stack, write_stack
-from fiji_utils import CLASSPATH, jvm_missing
+from fiji_utils import CLASSPATH, FAST_START, jvm_missing
 
 
 def _data(c=2, z=5, y=20, x=24, dtype=np.uint16):
@@ -94,7 +94,7 @@ def test_imagej_reads_the_calibration(tmp_path):
     script.write_text(f"from ij import IJ\nimp = IJ.openImage({str(p)!r})\ncal = imp.getCalibration()\n"
                       "print('%s %s %s %s %d %d' % (cal.pixelWidth, cal.pixelHeight, cal.pixelDepth, "
                       "cal.getUnit(), imp.getNChannels(), imp.getNSlices()))\n")
-    out = subprocess.run(["java", "-cp", CLASSPATH, "org.python.util.jython", str(script)],
+    out = subprocess.run(["java", *FAST_START, "-cp", CLASSPATH, "org.python.util.jython", str(script)],
                          capture_output=True, text=True, timeout=300).stdout.split()
     assert [float(v) for v in out[:3]] == pytest.approx([0.2, 0.25, 1.6]) and out[4:6] == ["2", "3"]
     assert out[3] in ("\u00b5m", "um", "micron")
