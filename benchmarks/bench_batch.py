@@ -1,16 +1,23 @@
-"""Batch throughput on Dask: the same 8 phantom pairs (EM 128², fast preset, CPU) with 1 and with 2 local
+"""Batch throughput on Dask: the same phantom pairs (EM 384² by default, fast preset, CPU) with 1 and with 2 local
 workers (processes, one thread each), in alternating rounds (1, 2, 1, 2, ...: slow drifts of a shared
 machine's load hit both), then a rerun of a finished batch (resume: every pair skipped).
 
-Reports wall time per run (cluster start-up included), pairs/hour, the speed-up of 2 workers over 1 (median
-wall times), the resume time as a fraction of the first run, the sum of the pairs' own times, the load
-average before and after each run (the machine may be shared: the load says how much of it a run had), and
-a control without Dask: one registration in 1 process vs in 2 processes at once, i.e. the most that 2
-workers can gain on this machine at that moment.
+Each run is a fresh Python process (as each ``clem-bridge batch`` command is: nothing imported, no worker or
+forkserver left from an earlier run) that times ``run_batch``; the process's own wall time (interpreter start,
+imports, exit) is reported beside it. Reports wall time per run (cluster start-up and shut-down included),
+pairs/hour, the speed-up of 2 workers over 1 (median wall times), the fixed cost of a run (``first_pair_done_s``:
+from the start of ``run_batch`` to the first computed pair's record, of which ``first_pair_wall_s`` is that pair's
+own time; ``after_last_pair_s``: from the last record to the return, i.e. cluster shut-down and the report),
+the resume time as a fraction of the first run, the sum of the pairs' own times, the load average before and
+after each run (the machine may be shared: the load says how much of it a run had), and a control without
+Dask: one registration in 1 process vs in 2 processes at once, i.e. the most that 2 workers can gain on this
+machine at that moment.
 Usage::
 
-    python benchmarks/bench_batch.py [--pairs 8] [--size 128] [--rounds 2]
-                                     [--out benchmarks/results/bench_batch-2core-cpu.json]
+    python benchmarks/bench_batch.py [--pairs 8] [--size 384] [--rounds 3] [--out FILE]
+
+Results go to ``benchmarks/results/bench_batch-2core-cpu.json`` for 384² pairs, ``...-cpu-<SIZE>px.json`` for
+other sizes (``--size 1024``: microscope-sized pairs, where the fixed cost weighs less).
 """
 from __future__ import annotations
 
@@ -27,18 +34,39 @@ import time
 from pathlib import Path
 
 from clem_bridge.synthetic import make_pair, save_pair
+
+DEFAULT_SIZE = 384
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+_RUN = """
+import json, sys, time
 from clem_bridge.workflows.batch import read_manifest, run_batch
+manifest, out, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
+marks = []
+t0 = time.perf_counter()
+records = run_batch(read_manifest(manifest, {"device": "cpu"}), out, workers=workers, progress=False,
+                    on_done=lambda r: marks.append((time.perf_counter() - t0, r["resumed"], r["wall_s"])))
+print(json.dumps({"wall_s": time.perf_counter() - t0, "marks": marks, "records": records}))
+"""
 
 
 def timed_run(manifest: Path, out: Path, workers: int) -> dict:
+    """One batch in a fresh process; its times and the pairs' statuses."""
     load0 = os.getloadavg()
     t0 = time.perf_counter()
-    records = run_batch(read_manifest(manifest, {"device": "cpu"}), out, workers=workers, progress=False)
-    wall = time.perf_counter() - t0
-    return {"workers": workers, "wall_s": round(wall, 3), "pairs": len(records),
-            "statuses": sorted({r["status"] for r in records}),
+    proc = subprocess.run([sys.executable, "-c", _RUN, str(manifest), str(out), str(workers)], capture_output=True,
+                          text=True, env=ENV, check=True)
+    process_wall = time.perf_counter() - t0
+    got = json.loads(proc.stdout.splitlines()[-1])
+    wall, records = got["wall_s"], got["records"]
+    done = [(t, pair_wall) for t, resumed, pair_wall in got["marks"] if not resumed]   # in arrival order
+    return {"workers": workers, "wall_s": round(wall, 3), "process_wall_s": round(process_wall, 3),
+            "pairs": len(records), "statuses": sorted({r["status"] for r in records}),
             "resumed": sum(bool(r["resumed"]) for r in records),
             "sum_pair_wall_s": round(sum(r["wall_s"] for r in records if not r["resumed"]), 2),
+            "first_pair_done_s": round(done[0][0], 3) if done else None,
+            "first_pair_wall_s": round(done[0][1], 3) if done else None,
+            "after_last_pair_s": round(wall - done[-1][0], 3) if done else None,
             "pairs_per_hour": round(len(records) * 3600 / max(wall, 1e-3), 1),
             "loadavg_1min_before": round(load0[0], 2), "loadavg_1min_after": round(os.getloadavg()[0], 2)}
 
@@ -61,10 +89,9 @@ def control(size: int) -> dict:
     """The machine's own parallel capacity, without Dask: 3 registrations of one pair in 1 process, then in
     2 processes at once; speed-up = 2 x (time in 1 process) / (mean time in 2 processes)."""
     code = _CONTROL.replace("SIZE", str(size))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def run(n: int) -> list[float]:
-        procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+        procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=ENV)
                  for _ in range(n)]
         return [float(p.communicate()[0].split()[-1]) for p in procs]
 
@@ -77,10 +104,12 @@ def control(size: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", type=int, default=8)
-    ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bench_batch-2core-cpu.json")
+    ap.add_argument("--size", type=int, default=DEFAULT_SIZE)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    suffix = "" if args.size == DEFAULT_SIZE else f"-{args.size}px"
+    args.out = args.out or Path(__file__).parent / "results" / f"bench_batch-2core-cpu{suffix}.json"
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         rows = ["em,lm,name"]
@@ -95,17 +124,28 @@ def main() -> None:
                 runs[workers].append(timed_run(manifest, d / f"w{workers}-{r}", workers))
         resume = timed_run(manifest, d / "w2-0", 2)
     ctrl = control(args.size)
-    med = {w: statistics.median(x["wall_s"] for x in runs[w]) for w in runs}
+    def median(key: str) -> dict:
+        return {f"{w}_worker{'s' * (w > 1)}": round(statistics.median(x[key] for x in runs[w]), 3) for w in runs}
+
+    med, med_proc = median("wall_s"), median("process_wall_s")
+    loads = [x[k] for w in runs for x in runs[w] for k in ("loadavg_1min_before", "loadavg_1min_after")]
     result = {
         "benchmark": "bench_batch",
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": f"python benchmarks/bench_batch.py --pairs {args.pairs} --size {args.size} --rounds {args.rounds}",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "setup": f"{args.pairs} phantom pairs, EM {args.size}x{args.size}, register, fast preset, device cpu; "
-                 "LocalCluster processes, 1 thread each (OMP_NUM_THREADS=1)",
+                 "LocalCluster processes, 1 thread each (OMP_NUM_THREADS=1), forked from a preloaded forkserver; "
+                 "each run in a fresh process",
         "runs": {"1_worker": runs[1], "2_workers": runs[2], "resume_2_workers": resume},
-        "median_wall_s": {"1_worker": med[1], "2_workers": med[2]},
-        "speedup_2_vs_1": round(med[1] / med[2], 2),
+        "median_wall_s": med,
+        "speedup_2_vs_1": round(med["1_worker"] / med["2_workers"], 2),
+        "median_process_wall_s": med_proc,
+        "speedup_2_vs_1_process_wall": round(med_proc["1_worker"] / med_proc["2_workers"], 2),
+        "median_fixed_cost_s": {"first_pair_done": median("first_pair_done_s"),
+                                "first_pair_own_wall": median("first_pair_wall_s"),
+                                "after_last_pair": median("after_last_pair_s")},
+        "loadavg_1min_range": [min(loads), max(loads)],
         "resume_fraction_of_first_run": round(resume["wall_s"] / runs[2][0]["wall_s"], 4),
         "control_without_dask": ctrl,
     }

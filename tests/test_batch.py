@@ -213,10 +213,15 @@ def dask_cluster(folder: Path, scheduler_args=(), worker_args=()):
 
 @pytest.mark.slow
 def test_real_cluster_gives_the_local_results(pairs, local_run, tmp_path):
-    """A scheduler and two workers as separate processes on 127.0.0.1, reached through a scheduler file."""
+    """A scheduler and two workers as separate processes on 127.0.0.1, reached through a scheduler file; the
+    workers are spawned (not forked) and import the pair modules at start-up through the documented preload."""
     m, local_out, _ = local_run
     out = tmp_path / "out"
-    with dask_cluster(tmp_path) as sched_file:
+    with dask_cluster(tmp_path, worker_args=["--preload", "clem_bridge.workflows.batch"]) as sched_file:
+        from distributed import Client
+        with Client(scheduler_file=sched_file) as c:
+            preloaded = c.run(lambda: "clem_bridge.workflows.register" in sys.modules)
+        assert list(preloaded.values()) == [True, True]
         records = run_batch(read_manifest(m, {"device": "cpu"}), out, scheduler=sched_file, progress=False)
     assert [r["status"] for r in records] == ["ok", "ok", "error"]
     assert len({r["worker"] for r in records[:2]}) == 2

@@ -383,19 +383,19 @@ def _finite(d: dict) -> dict:
 
 # What a worker imports before its first pair: Dask, the batch task, OpenCV, torch, and what the first pair would
 # otherwise load lazily (the Adam optimiser imports torch._dynamo, the first tensor copy sympy's shape guards, the
-# MI curve matplotlib's Agg canvas); then the runner of each method in the batch.  A name that a later version
-# drops is skipped (the forkserver ignores ImportError), costing only speed.
+# MI curve matplotlib's Figure and Agg canvas); then the modules of each method in the batch.  A name that a later
+# version drops is skipped (the forkserver ignores ImportError), costing only speed.
 WORKER_MODULES = ("distributed", "cv2", "torch", "torch._dynamo", "torch.fx.experimental.symbolic_shapes",
-                  "matplotlib.backends.backend_agg", "clem_bridge.workflows.batch")
-RUNNER_MODULES = {"register": "clem_bridge.workflows.register", "correlate": "clem_bridge.workflows.correlate",
-                  "fiducials": "clem_bridge.workflows.fiducials"}
+                  "matplotlib.figure", "matplotlib.backends.backend_agg", "clem_bridge.workflows.batch")
+RUNNER_MODULES = {"register": ("clem_bridge.workflows.register", "clem_bridge.register"),
+                  "correlate": ("clem_bridge.workflows.correlate",), "fiducials": ("clem_bridge.workflows.fiducials",)}
 # one thread per library in a worker; read by OpenMP, MKL and OpenBLAS when they load, so set before the imports
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 
 def worker_modules(methods: Iterable[str]) -> list[str]:
     """The modules a worker running pairs of ``methods`` imports before its first pair."""
-    return [*WORKER_MODULES, *(RUNNER_MODULES[m] for m in sorted(set(methods)) if m in RUNNER_MODULES)]
+    return [*WORKER_MODULES, *(name for m in sorted(set(methods)) for name in RUNNER_MODULES.get(m, ()))]
 
 
 def start_forkserver(methods: Iterable[str]) -> bool:
