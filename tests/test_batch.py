@@ -17,7 +17,8 @@ import pytest
 from clem_bridge import transforms as T
 from clem_bridge.io import read_image
 from clem_bridge.synthetic import make_pair, save_pair
-from clem_bridge.workflows.batch import OneThreadPerTask, dask_client, pairs_from_glob, read_manifest, run_batch
+from clem_bridge.workflows.batch import (OneThreadPerTask, dask_client, pairs_from_glob, read_manifest,
+                                         run_batch)
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 CLI = [sys.executable, "-c", "from clem_bridge.cli import main; main()"]
@@ -164,7 +165,8 @@ def test_local_workers_fork_from_a_single_threaded_preloaded_server():
         client.register_plugin(OneThreadPerTask())
         states = list(client.run(_worker_state).values())
         server = states[0]["ppid"]
-        threads = [ln.split()[1] for ln in open(f"/proc/{server}/status") if ln.startswith("Threads:")]
+        threads = [ln.split()[1] for ln in Path(f"/proc/{server}/status").read_text().splitlines()
+                   if ln.startswith("Threads:")]
     assert len(states) == 2 and {s["ppid"] for s in states} == {server} and server != os.getpid()
     assert threads == ["1"]
     assert all(s["preloaded"] == ["torch._dynamo", "clem_bridge.workflows.register"] for s in states)

@@ -407,17 +407,18 @@ def start_forkserver(methods: Iterable[str]) -> bool:
         return False
     spawn_env = dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {}
     os.environ.update({**{k: str(v) for k, v in spawn_env.items()}, **WORKER_ENV})
-    # "__main__": the forkserver imports the main script once instead of each worker (multiprocessing's rule)
+    # "__main__": the server imports the main script once (spawned workers each import it again)
     multiprocessing.get_context("forkserver").set_forkserver_preload(["__main__", *worker_modules(methods)])
     forkserver.ensure_running()
     return True
 
 
 def dask_setup(worker) -> None:
-    """Dask preload hook (``dask worker --preload clem_bridge.workflows.batch``): import every method's modules
-    when the worker starts rather than in its first pair (set ``OMP_NUM_THREADS=1`` in the worker's shell)."""
+    """Dask preload hook (``dask worker --preload clem_bridge.workflows.batch``): set :data:`WORKER_ENV` and import
+    every method's modules when the worker starts rather than in its first pair."""
     import importlib
 
+    os.environ.update(WORKER_ENV)              # before torch loads (Dask's nanny sets it too; --no-nanny does not)
     for name in worker_modules(METHODS):
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
@@ -454,11 +455,11 @@ def dask_client(workers: int, scheduler: Optional[str] = None, methods: Iterable
         return
     forked = start_forkserver(methods)
     # kept while the cluster lives: a nanny restarting a lost worker forks it from the same server
-    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"} if forked else {}):
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                          dashboard_address="127.0.0.1:0",          # any free port: batches may run side by side
-                          env=WORKER_ENV, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
-            yield client
+    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"} if forked else {}), \
+            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                         dashboard_address="127.0.0.1:0",           # any free port: batches may run side by side
+                         env=WORKER_ENV, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        yield client
 
 
 def run_batch(pairs: list[Pair], out_dir, *, workers: int = 1, scheduler: Optional[str] = None,
