@@ -184,3 +184,25 @@ def test_tensors_stay_on_the_chosen_device(device):
     reg = register_mine(pair.em, pair.lm["reflected"], device=device,
                         params=replace(MineParams(), max_iterations=50, min_iterations=50))
     assert reg.device.startswith(device) and reg.iterations > 0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_small_pair_with_an_ambiguous_optimum_is_not_silently_wrong(seed):
+    """A 1.4x pixel-size pair whose MINE refinement drifts from a good search start (several px, seed-dependent):
+    the consistency checks (search criterion at start vs result, agreement of refinements) say so."""
+    pair = make_pair((256, 256), seed=5, lm_pixel_ratio=1.4)
+    reg = register_mine(pair.em, pair.lm["reflected"], seed=seed, device="cpu")
+    err = T.tre(reg.fixed_to_moving, pair.fixed_to_moving, (256, 256))
+    assert err < 1.0 or reg.outcome == "uncertain", (err, reg.metrics)
+    if reg.outcome == "uncertain":
+        assert any("global search's start" in w for w in reg.warnings), reg.warnings
+    assert "search_refined_alignment" in reg.metrics and "verify_disagreement_px" in reg.metrics
+
+
+def test_an_unconfirmed_refinement_is_replaced_by_two_that_agree():
+    """LM pixels twice the EM's: with this seed the first refinement drifts; two more agree and are right."""
+    pair = make_pair((384, 384), seed=3, lm_pixel_ratio=2.0)
+    reg = register_mine(pair.em, pair.lm["reflected"], seed=1, device="cpu")
+    assert T.tre(reg.fixed_to_moving, pair.fixed_to_moving, (384, 384)) < 0.5
+    assert reg.outcome == "ok" and reg.metrics["verify_disagreement_px"] < 2.0
+    assert "verify_s" in reg.timings

@@ -21,7 +21,10 @@ Two presets:
   initial search over both handednesses, the full circle and LM/EM scales 0.5–2 (:mod:`.search`),
   a short coarse-to-fine schedule (one level at a time), a random subset of edge samples per step,
   stopping each level on a plateau of the MI estimate and of the parameters, and the final
-  parameters averaged over the last iterations (Polyak averaging).
+  parameters averaged over the last iterations (Polyak averaging).  Two consistency checks guard against
+  a refinement that drifts off the search's start: the result must match the image gradients (the search's
+  criterion) at least about as well as the start, and for small images (where MINE's optimum can be
+  ambiguous) refinements with other seeds must confirm it; otherwise the status is ``uncertain``.
 
 Randomness comes only from generators local to the call (no global torch state is touched), so
 concurrent calls in threads give the same result as sequential ones.
@@ -42,8 +45,8 @@ from ..device import device_label, select_device
 from ..errors import Cancelled, InputError
 from ..progress import CancelFn, Progress, ProgressFn
 from ..result import Registration
-from ..transforms import as_matrix, center_of, pixel_to_normalized, rescale, resize_matrix
-from .search import global_search
+from ..transforms import as_matrix, center_of, pixel_to_normalized, rescale, resize_matrix, tre
+from .search import alignment_score, global_search
 
 
 @dataclass
@@ -61,8 +64,8 @@ class MineParams:
     lr_coarse: float = 3e-3           # β (per-level decay by ``lr_decay`` in the fast schedule)
     lr_fine: float = 1e-5             # γ
     lr_decay: float = 0.5
-    max_iterations: int = 80          # per level (fast) or total (thesis)
-    min_iterations: int = 40          # per level (fast)
+    max_iterations: int = 50          # per level (fast) or total (thesis)
+    min_iterations: int = 30          # per level (fast)
     samples_per_step: int = 1024      # 0 = all edge samples (capped by max_samples)
     max_samples: int = 1_000_000
     check_every: int = 20
@@ -77,6 +80,9 @@ class MineParams:
     max_shift_frac: float = 0.25
     search_size: int = 128
     max_working_size: int = 2048      # larger inputs are registered binned and the matrix rescaled
+    check_size: int = 256             # search criterion compared at the start and the result at this long side
+    verify_below: int = 400           # smaller image's long side below this: other refinements confirm the first
+    verify_px: float = 2.0            # ... agreeing within this mean distance (LM px over the EM field)
     metrics_size: int = 512           # quality metrics on the images binned to this long side (0 = full)
     canny_sigma: float = 1.5
     edge_dilation: int = 2
@@ -123,10 +129,18 @@ class MineNet(torch.nn.Module):
         return self.net(torch.stack([f, m], dim=1)).squeeze(1)
 
 
-def dv_bound(net: MineNet, f: torch.Tensor, m: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
-    """Donsker–Varadhan MI lower bound: mean T(joint) − log mean exp T(marginal) (one batched pass)."""
+def dv_bound(net: MineNet, f: torch.Tensor, m: torch.Tensor, perm) -> torch.Tensor:
+    """Donsker–Varadhan MI lower bound: mean T(joint) − log mean exp T(marginal) (one batched pass).
+
+    The marginal pairs the fixed values with ``m[perm]`` (``perm`` an index tensor) or, when ``perm`` is
+    an int and the samples are in random order, with the fixed values cyclically shifted by ``perm``
+    (no gather in the backward pass).
+    """
     n = f.numel()
-    t = net(torch.cat([f, f]), torch.cat([m, m[perm]]))
+    if isinstance(perm, int):
+        t = net(torch.cat([f, f.roll(perm)]), torch.cat([m, m]))
+    else:
+        t = net(torch.cat([f, f]), torch.cat([m, m[perm]]))
     return t[:n].mean() - (torch.logsumexp(t[n:], 0) - np.log(n))
 
 
@@ -213,14 +227,28 @@ def _build_level(fixed: np.ndarray, moving: np.ndarray, factor: float, fixed_fra
                   fixed_px_per_unit=1.0 / abs(lvl_to_frame[0, 0]))
 
 
-def _sample_moving(level: _Level, mat: torch.Tensor, idx: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    pts = level.frame_points if idx is None else level.frame_points[idx]
-    f = level.fixed_values if idx is None else level.fixed_values[idx]
+def _sample_moving(level: _Level, mat: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
+    """Moving intensities at the frame points ``pts`` mapped by ``mat`` (grey where the moving image has no data)."""
     grid = pts @ (level.frame_to_grid @ mat)[:2].T
     s = F.grid_sample(level.moving, grid.reshape(1, 1, -1, 2), mode="bilinear", padding_mode="zeros",
                       align_corners=True)[0, :, 0]
-    m = s[0] + (1.0 - s[1]) * level.moving_grey     # grey padding where the moving image has no data
-    return f, m
+    return s[0] + (1.0 - s[1]) * level.moving_grey
+
+
+def _batches(level: _Level, n: int, gen: torch.Generator):
+    """Endless (fixed values, frame points) mini-batches of ``n`` samples: consecutive slices of a shuffled
+    copy of the level's samples, reshuffled after each pass (all samples, shuffled once, when ``n`` ≤ 0 or
+    covers them)."""
+    total = level.fixed_values.numel()
+    n = total if n <= 0 or n >= total else n
+    while True:
+        order = torch.randperm(total, generator=gen, device=gen.device)
+        f, pts = level.fixed_values[order], level.frame_points[order]
+        if n == total:
+            while True:
+                yield f, pts
+        for a in range(0, total - n + 1, n):
+            yield f[a:a + n], pts[a:a + n]
 
 
 def _expm(v: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
@@ -257,65 +285,14 @@ def _pyramid_factors(fixed_shape, moving_shape, p: MineParams) -> list[float]:
     return factors
 
 
-def register_mine(fixed, moving, *, preset: str = "fast", params: Optional[MineParams] = None, seed: int = 0,
-                  device: str = "auto", progress: Optional[ProgressFn] = None,
-                  cancelled: Optional[CancelFn] = None, init=None) -> Registration:
-    """Register ``moving`` (LM registration channel) onto ``fixed`` (EM) with MINE.
-
-    ``init`` is an optional 3×3 ``fixed_to_moving`` starting guess (skips the global search; may be
-    mirrored).  ``progress(Progress)`` is called during the run; ``cancelled()`` returning True raises
-    :class:`~clem_bridge.errors.Cancelled`.  Same inputs + seed + device give the same matrix, also
-    when several calls run at once in threads.  ``Registration.timings`` holds per-stage seconds.
-    Torch's CPU thread count is the caller's: the per-step tensors are small, so one thread
-    (``torch.set_num_threads(1)`` once at start-up) is fastest, by far on a busy CPU.
-    """
-    t0 = time.perf_counter()
-    p = params or MineParams.preset(preset)
-    fixed_n, moving_n = _check(fixed, "fixed (EM)"), _check(moving, "moving (LM)")
-    full_fixed_shape, full_moving_shape = fixed_n.shape, moving_n.shape
-    dev = select_device(device)
-    report = progress or (lambda _p: None)
-    stop = cancelled or (lambda: False)
-
-    # working resolution (binned; matrix rescaled exactly at the end)
-    work = max(1.0, max(fixed_n.shape) / p.max_working_size)
-    fixed_w, moving_w = _downscale(fixed_n, work), _downscale(moving_n, work)
-    ff, fm = _frames(fixed_w.shape, moving_w.shape)
-    factors = _pyramid_factors(fixed_w.shape, moving_w.shape, p)
-
-    timings: dict[str, float] = {}
-    init_w = None
-    if init is not None:
-        init_w = rescale(as_matrix(init), fixed_w.shape, fixed_n.shape, moving_w.shape, moving_n.shape)
-    search_info = {}
-    if init_w is None and p.global_search:
-        if stop():
-            raise Cancelled("registration cancelled")
-        report(Progress("search", 0, None, None, 0.0))
-        ts = time.perf_counter()
-        s = max(1.0, max(fixed_w.shape) / p.search_size)
-        fs, ms = _downscale(fixed_w, s), _downscale(moving_w, s)
-        # the sweep bins the search images further only as far as the inputs were reduced (small images
-        # are blurry at their native size: binning them more loses the structure the sweep needs)
-        res = global_search(fs, ms, rotation_range_deg=p.rotation_range_deg, rotation_step_deg=p.rotation_step_deg,
-                            scales=p.search_scales, mirror=p.mirror_search, max_shift_frac=p.max_shift_frac,
-                            coarse_factor=min(1.25, s))
-        init_w = rescale(res.fixed_to_moving, fixed_w.shape, fs.shape, moving_w.shape, ms.shape)
-        search_info = {"rotation_deg": res.rotation_deg, "scale": res.scale, "score": res.score,
-                       "mirrored": float(res.mirrored)}
-        timings["search_s"] = time.perf_counter() - ts
-        report(Progress("search", 1, 1, None, 0.05))
-    m0 = np.eye(3) if init_w is None else fm @ init_w @ np.linalg.inv(ff)   # frame → frame start
-
+def _optimise(levels: list[_Level], m0: np.ndarray, p: MineParams, seed: int, dev: torch.device,
+              report: ProgressFn, stop: CancelFn, timings: dict[str, float]):
+    """The MINE optimisation from the frame → frame start ``m0``: (frame matrix as float64 numpy, MI curve,
+    iterations per stage, total iterations).  Per-stage seconds go into ``timings``."""
     gen = torch.Generator(device=dev).manual_seed(seed)
     net_gen = torch.Generator().manual_seed(seed)
     basis = torch.from_numpy(_BASIS.astype(np.float32)).to(dev)
     m0_t = torch.from_numpy(m0.astype(np.float32)).to(dev)
-
-    tb = time.perf_counter()
-    levels = [_build_level(fixed_w, moving_w, fct, ff, fm, p, dev) for fct in factors]
-    timings["pyramid_s"] = time.perf_counter() - tb
-
     v = torch.zeros(6, device=dev, requires_grad=True)
     v_fine = torch.zeros(6, device=dev, requires_grad=True)
     mi_curve: list[float] = []
@@ -323,18 +300,18 @@ def register_mine(fixed, moving, *, preset: str = "fast", params: Optional[MineP
     iterations = 0
     corners = torch.tensor([[-1, -1, 1], [1, -1, 1], [-1, 1, 1], [1, 1, 1]], dtype=torch.float32, device=dev)
 
-    def draw(level: _Level, n: int):
-        total = level.fixed_values.numel()
-        if n <= 0 or n >= total:
-            return None, torch.randperm(total, generator=gen, device=dev)
-        idx = torch.randint(total, (n,), generator=gen, device=dev)
-        return idx, torch.randperm(n, generator=gen, device=dev)
+    batches = [_batches(level, p.samples_per_step, gen) for level in levels]
+    shifts = np.random.default_rng(seed)    # marginal: the batch's fixed values shifted by a random offset
 
-    tm = time.perf_counter()
+    def draw(k: int):
+        f, pts = next(batches[k])
+        return f, pts, int(shifts.integers(1, f.numel()))
+
     if p.joint_levels:
         stages = [list(range(len(levels)))]
     else:
-        stages = [[k] for k in reversed(range(len(levels)))]
+        # a single level (small images) runs twice: the first stage trains the network from scratch
+        stages = [[k] for k in reversed(range(len(levels)))] * (2 if len(levels) == 1 else 1)
     budget = p.max_iterations * len(stages)
     # fast: one network carried through the levels; thesis: one per level (+ one for the v + v′ term)
     n_nets = len(levels) + int(p.fine_params) if p.joint_levels else 1
@@ -363,14 +340,14 @@ def register_mine(fixed, moving, *, preset: str = "fast", params: Optional[MineP
             mat = m0_t @ _expm(v, basis)
             loss = torch.zeros((), device=dev)
             for li, k in enumerate(stage):
-                idx, perm = draw(levels[k], p.samples_per_step)
-                f, m = _sample_moving(levels[k], mat, idx)
-                loss = loss - dv_bound(nets[li if p.joint_levels else 0], f, m, perm)
+                f, pts, shift = draw(k)
+                m = _sample_moving(levels[k], mat, pts)
+                loss = loss - dv_bound(nets[li if p.joint_levels else 0], f, m, shift)
             mis.append(-loss.detach() / len(stage))
             if p.fine_params:
-                idx, perm = draw(levels[0], p.samples_per_step)
-                f, m = _sample_moving(levels[0], m0_t @ _expm(v + v_fine, basis), idx)
-                loss = loss - dv_bound(nets[-1], f, m, perm)
+                f, pts, shift = draw(0)
+                m = _sample_moving(levels[0], m0_t @ _expm(v + v_fine, basis), pts)
+                loss = loss - dv_bound(nets[-1], f, m, shift)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -403,12 +380,93 @@ def register_mine(fixed, moving, *, preset: str = "fast", params: Optional[MineP
             with torch.no_grad():
                 v.copy_(torch.stack(window[-p.average_last:]).mean(0))
         timings[f"level{si + 1}_s"] = time.perf_counter() - tl
-    timings["optimise_s"] = time.perf_counter() - tm
 
     with torch.no_grad():
         frame_mat = m0_t.double() @ torch.linalg.matrix_exp(
             ((v + v_fine if p.fine_params else v).double()[:, None, None] * basis.double()).sum(0))
-    a_work = np.linalg.inv(fm) @ frame_mat.cpu().numpy() @ ff
+    return frame_mat.cpu().numpy(), mi_curve, level_iters, iterations
+
+
+def register_mine(fixed, moving, *, preset: str = "fast", params: Optional[MineParams] = None, seed: int = 0,
+                  device: str = "auto", progress: Optional[ProgressFn] = None,
+                  cancelled: Optional[CancelFn] = None, init=None) -> Registration:
+    """Register ``moving`` (LM registration channel) onto ``fixed`` (EM) with MINE.
+
+    ``init`` is an optional 3×3 ``fixed_to_moving`` starting guess (skips the global search; may be
+    mirrored).  ``progress(Progress)`` is called during the run; ``cancelled()`` returning True raises
+    :class:`~clem_bridge.errors.Cancelled`.  Same inputs + seed + device give the same matrix, also
+    when several calls run at once in threads.  ``Registration.timings`` holds per-stage seconds.
+    Torch's CPU thread count is the caller's: the per-step tensors are small, so one thread
+    (``torch.set_num_threads(1)`` once at start-up) is fastest, by far on a busy CPU.
+    """
+    t0 = time.perf_counter()
+    p = params or MineParams.preset(preset)
+    fixed_n, moving_n = _check(fixed, "fixed (EM)"), _check(moving, "moving (LM)")
+    full_fixed_shape, full_moving_shape = fixed_n.shape, moving_n.shape
+    dev = select_device(device)
+    report = progress or (lambda _p: None)
+    stop = cancelled or (lambda: False)
+
+    # working resolution (binned; matrix rescaled exactly at the end)
+    work = max(1.0, max(fixed_n.shape) / p.max_working_size)
+    fixed_w, moving_w = _downscale(fixed_n, work), _downscale(moving_n, work)
+    ff, fm = _frames(fixed_w.shape, moving_w.shape)
+    factors = _pyramid_factors(fixed_w.shape, moving_w.shape, p)
+
+    timings: dict[str, float] = {}
+    init_w = None
+    if init is not None:
+        init_w = rescale(as_matrix(init), fixed_w.shape, fixed_n.shape, moving_w.shape, moving_n.shape)
+    search_info, start = {}, None
+    if init_w is None and p.global_search:
+        if stop():
+            raise Cancelled("registration cancelled")
+        report(Progress("search", 0, None, None, 0.0))
+        ts = time.perf_counter()
+        s = max(1.0, max(fixed_w.shape) / p.search_size)
+        fs, ms = _downscale(fixed_w, s), _downscale(moving_w, s)
+        # the sweep bins the search images by 2 (64 px), less when the inputs were not reduced that much
+        # (small images are blurry at their native size: binning them more loses the structure it needs)
+        res = global_search(fs, ms, rotation_range_deg=p.rotation_range_deg, rotation_step_deg=p.rotation_step_deg,
+                            scales=p.search_scales, mirror=p.mirror_search, max_shift_frac=p.max_shift_frac,
+                            coarse_factor=min(2.0, s))
+        init_w = rescale(res.fixed_to_moving, fixed_w.shape, fs.shape, moving_w.shape, ms.shape)
+        search_info = {"rotation_deg": res.rotation_deg, "scale": res.scale, "score": res.score,
+                       "mirrored": float(res.mirrored)}
+        start = init_w
+        timings["search_s"] = time.perf_counter() - ts
+        report(Progress("search", 1, 1, None, 0.05))
+    m0 = np.eye(3) if init_w is None else fm @ init_w @ np.linalg.inv(ff)   # frame → frame start
+
+    tb = time.perf_counter()
+    levels = [_build_level(fixed_w, moving_w, fct, ff, fm, p, dev) for fct in factors]
+    timings["pyramid_s"] = time.perf_counter() - tb
+
+    tm = time.perf_counter()
+    frame_mat, mi_curve, level_iters, iterations = _optimise(levels, m0, p, seed, dev, report, stop, timings)
+    timings["optimise_s"] = time.perf_counter() - tm
+    disagreement = None
+    if start is not None and min(max(fixed_w.shape), max(moving_w.shape)) < p.verify_below:
+        # small images: more refinements from the same start (other seeds) must land on the same matrix;
+        # the first result that another one confirms is kept, none confirmed gives a warning
+        tv = time.perf_counter()
+        runs = [(frame_mat, mi_curve, level_iters, iterations)]
+        full = lambda fm_: rescale(np.linalg.inv(fm) @ fm_ @ ff, full_fixed_shape, fixed_w.shape,  # noqa: E731
+                                   full_moving_shape, moving_w.shape)
+        mats = [full(frame_mat)]
+        confirmed = None
+        for extra in (1, 2):
+            runs.append(_optimise(levels, m0, p, seed + extra, dev, lambda _p: None, stop, {}))
+            mats.append(full(runs[-1][0]))
+            gaps = [(tre(mats[i], mats[-1], full_fixed_shape), i) for i in range(len(mats) - 1)]
+            disagreement, i = min(gaps)
+            if disagreement <= p.verify_px:
+                confirmed = i
+                break
+        if confirmed is not None:
+            frame_mat, mi_curve, level_iters, iterations = runs[confirmed]
+        timings["verify_s"] = time.perf_counter() - tv
+    a_work = np.linalg.inv(fm) @ frame_mat @ ff
     a_full = rescale(a_work, full_fixed_shape, fixed_w.shape, full_moving_shape, moving_w.shape)
     a_full[2] = (0.0, 0.0, 1.0)
 
@@ -416,6 +474,14 @@ def register_mine(fixed, moving, *, preset: str = "fast", params: Optional[MineP
     tq = time.perf_counter()
     metrics = registration_metrics(fixed_n, moving_n, a_full, p.metrics_size)
     metrics.update({f"search_{k}": float(val) for k, val in search_info.items()})
+    if start is not None:   # the search's criterion at its start and at the refined result (consistency check)
+        c = max(1.0, max(fixed_w.shape) / p.check_size)
+        fc, mc = _downscale(fixed_w, c), _downscale(moving_w, c)
+        at = lambda a: alignment_score(fc, mc, rescale(a, fc.shape, fixed_w.shape, mc.shape, moving_w.shape))  # noqa: E731
+        metrics["search_start_alignment"] = at(start)
+        metrics["search_refined_alignment"] = at(a_work)
+    if disagreement is not None:
+        metrics["verify_disagreement_px"] = disagreement
     metrics["mi_estimate"] = float(np.mean(mi_curve[-p.check_every:])) if mi_curve else 0.0
     timings["metrics_s"] = time.perf_counter() - tq
     timings["total_s"] = time.perf_counter() - t0
@@ -438,6 +504,14 @@ def assess(metrics: dict, p: MineParams) -> list[str]:
         out.append(f"low mutual information after registration ({metrics['mi_estimate']:.3f} nats): the LM "
                    "registration channel may not share structure with the EM; check the overlay (for EM vs a "
                    "chromatin stain use 'clem-bridge correlate')")
+    start, refined = metrics.get("search_start_alignment"), metrics.get("search_refined_alignment")
+    if start is not None and refined is not None and refined < start - 0.05 * abs(start):
+        out.append(f"the refined result matches the image gradients worse than the global search's start "
+                   f"(correlation {refined:.3f} vs {start:.3f}): the optimisation may have drifted; check the overlay")
+    if metrics.get("verify_disagreement_px", 0.0) > p.verify_px:
+        out.append(f"three refinements from the global search's start disagree (by at least "
+                   f"{metrics['verify_disagreement_px']:.1f} LM px): the optimum is ambiguous (small or "
+                   "low-contrast images); check the overlay or calibrate the pixel sizes")
     scale = metrics.get("search_scale")
     if scale is not None and p.search_scales and not (min(p.search_scales) < scale < max(p.search_scales)):
         out.append(f"the global search ended at the edge of its scale range (LM/EM scale {scale:.3f}); "

@@ -57,20 +57,36 @@ class _Matcher:
         side = int(np.ceil(max_shift_frac * max(fixed.shape)))   # same in x and y: the LM may be rotated 90°
         self.margin = (side, side)
 
-    def score(self, angle: float, scale: float, mirrored: bool) -> tuple[float, float, float, bool, np.ndarray]:
-        """(score, angle, scale, mirrored, fixed_to_moving) with the best translation for this candidate."""
-        base = candidate(self.fixed_shape, self.moving_shape, angle, scale, mirrored)
+    def response(self, fixed_to_moving: np.ndarray, margin: tuple[int, int]) -> np.ndarray:
+        """Correlation of the fixed gradient with the mapped moving gradient for every shift within ``margin``
+        (x, y) px: entry [my + dy, mx + dx] is for ``fixed_to_moving`` composed with a fixed-grid shift (dx, dy)."""
         h, w = self.fg.shape
-        my, mx = self.margin
+        mx, my = margin
         shift = np.array([[1, 0, -mx], [0, 1, -my], [0, 0, 1.0]])  # canvas px → fixed px
-        canvas = cv2.warpAffine(self.mg, (base @ shift)[:2], (w + 2 * mx, h + 2 * my),
+        canvas = cv2.warpAffine(self.mg, (fixed_to_moving @ shift)[:2], (w + 2 * mx, h + 2 * my),
                                 flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
                                 borderValue=0.0)
-        resp = cv2.matchTemplate(canvas, self.fg, cv2.TM_CCOEFF_NORMED)
+        return cv2.matchTemplate(canvas, self.fg, cv2.TM_CCOEFF_NORMED)
+
+    def rank(self, angle: float, scale: float, mirrored: bool) -> tuple[float, float, float, bool]:
+        """(score, angle, scale, mirrored): the best correlation over the translations of this candidate."""
+        resp = self.response(candidate(self.fixed_shape, self.moving_shape, angle, scale, mirrored), self.margin)
+        return float(resp.max()), float(angle), float(scale), bool(mirrored)
+
+    def score(self, angle: float, scale: float, mirrored: bool) -> tuple[float, float, float, bool, np.ndarray]:
+        """(score, angle, scale, mirrored, fixed_to_moving) with the best (sub-pixel) translation for this candidate."""
+        base = candidate(self.fixed_shape, self.moving_shape, angle, scale, mirrored)
+        resp = self.response(base, self.margin)
         _, best, _, loc = cv2.minMaxLoc(resp)
         u, v, _ = subpixel_peak(resp, loc)
+        mx, my = self.margin
         t = np.array([[1, 0, u - mx], [0, 1, v - my], [0, 0, 1.0]])
         return float(best), float(angle), float(scale), bool(mirrored), base @ t
+
+
+def alignment_score(fixed: np.ndarray, moving: np.ndarray, fixed_to_moving: np.ndarray, sigma: float = 1.0) -> float:
+    """The search's criterion for one matrix: correlation of the fixed gradient with the mapped moving gradient."""
+    return float(_Matcher(fixed, moving, 0.0, sigma).response(np.asarray(fixed_to_moving, float), (0, 0))[0, 0])
 
 
 def _distinct(ranked: list, keep: int, angle_tol: float, scale_ratio: float) -> list:
@@ -111,7 +127,7 @@ def global_search(fixed: np.ndarray, moving: np.ndarray, *, rotation_range_deg: 
     small = lambda img: area_resize(img, (max(int(img.shape[0] / coarse_factor), 8),  # noqa: E731
                                           max(int(img.shape[1] / coarse_factor), 8)))[0]
     coarse = _Matcher(small(fixed), small(moving), max_shift_frac, sigma)
-    ranked = sorted((coarse.score(a, s, h) for h in hands for s in scales for a in angles),
+    ranked = sorted((coarse.rank(a, s, h) for h in hands for s in scales for a in angles),
                     key=lambda r: -r[0])
     seeds = _distinct(ranked, keep, coarse_step, ratio ** 0.5)
 
