@@ -46,7 +46,7 @@ class Mine3DParams:
     lr_mine: float = 3e-3
     lr_transform: float = 3e-3
     lr_decay: float = 0.5
-    max_iterations: int = 250         # per level
+    max_iterations: int = 150         # per level (the coarsest rarely plateaus; 250 gave the same errors)
     min_iterations: int = 75
     samples_per_step: int = 2048
     max_samples: int = 200_000
