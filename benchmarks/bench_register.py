@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -227,6 +228,7 @@ def main() -> None:
     if args.limit:
         cases = [c for g in groups for c in [c for c in cases if c["group"] == g][:args.limit]]
     rows = []
+    load_start = os.getloadavg()
     for i, case in enumerate(cases):
         fixed, moving, truth = make_images(case, seed=i)
         row = {"case": case}
@@ -238,7 +240,8 @@ def main() -> None:
                           **{m: {k: row[m].get(k) for k in ("cpu_s", "wall_s", "tre_px", "status")} for m in methods}}),
               flush=True)
     report = {"machine": {"cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
-                          "torch": torch.__version__, "device": args.device, "real_em": DATA.exists()},
+                          "torch": torch.__version__, "device": args.device, "real_em": DATA.exists(),
+                          "load_average_1_5_15_min": {"start": load_start, "end": os.getloadavg()}},
               "summary": summarise(rows, methods), "cases": rows}
     text = json.dumps(report, indent=2)
     if args.out:
