@@ -122,6 +122,24 @@ def test_heterochromatin_refinement_removes_a_prediction_bias(invert):
     assert np.allclose(off.fixed_to_moving, plain.fixed_to_moving)
 
 
+def test_heterochromatin_refinement_sees_the_unsaturated_chromatin():
+    """The stained nuclear body fills more than 3 % of the field and the heterochromatin puncta (the EM's dense
+    spots) are brighter still, as in SIM Hoechst images: the correlation input saturates at its 97th percentile,
+    which erases the puncta, so the stage on the EM must get the chromatin as measured.  (On DeepCLEM's s8
+    the saturated chromatin left the result 2 px from the criterion's own optimum.)"""
+    pair, pred, f2m = case(18.0, 1.1, (280, 270), seed=15)
+    lm = pair.lm["chromatin"]
+    chrom = (0.04 + 0.3 * (lm > 0.1) + 0.7 * (lm > 0.9)).astype(np.float32)   # nuclear body, puncta < 1 %
+    noise = np.random.default_rng(15).normal(0, 0.03, SHAPE)
+    em = (0.6 - 0.4 * (pair.masks["heterochromatin"] > 0.9) + noise).astype(np.float32)   # dense puncta only
+    biased, params = biased_prediction(pred), SearchParams(max_rotation=30.0)
+    reg = register_chromatin(biased, chrom, em=em, params=params)
+    assert T.tre(reg.fixed_to_moving, f2m, SHAPE) < 1.0, reg.metrics
+    assert reg.metrics["nuclei_applied"] == 1.0 and reg.status == "ok", reg.warnings
+    saturated = register_chromatin(biased, correlation_input(chrom), em=em, params=params)   # what the stage saw
+    assert T.tre(saturated.fixed_to_moving, f2m, SHAPE) > 2.5
+
+
 def test_heterochromatin_refinement_keeps_the_result_without_contrast_or_on_a_large_move():
     pair, pred, f2m = case(-10.0, 1.0, SHAPE, seed=15)
     flat = np.random.default_rng(0).normal(0.5, 0.05, SHAPE).astype(np.float32)   # EM without chromatin contrast

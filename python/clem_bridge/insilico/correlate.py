@@ -9,7 +9,8 @@
    better).
 4. Heterochromatin refinement on the EM itself (:mod:`.nuclei`): judged by the same overlap score on the
    EM inside the nuclei, never worse than its start, and kept only when it moves the result by less than
-   ``NUCLEI_MAX_SHIFT``.
+   ``NUCLEI_MAX_SHIFT``.  It (and the contrast check) sees the measured chromatin as given, not the saturated
+   correlation input: the brightest few per cent are the heterochromatin puncta it aligns.
 5. Outcome (:func:`outcome`): ``failed`` / ``uncertain`` / ``ok`` with the reasons as warnings (stained
    nuclei in common, margin between hypotheses, fitted vs calibrated scale, overlap).
 
@@ -137,7 +138,8 @@ def register_chromatin(predicted: np.ndarray, chromatin: np.ndarray, *, params: 
         em = _check(em, "EM")
         if em.shape != fixed.shape:
             raise InputError(f"the EM ({em.shape}) and the predicted chromatin ({fixed.shape}) must share a grid")
-    moving = correlation_input(_check(chromatin, "chromatin"))
+    measured = _check(chromatin, "chromatin")
+    moving = correlation_input(measured)
     prior = scale_prior(fixed_pixel_size, moving_pixel_size)
     if prior is not None:
         params = replace(params, scale_range=(0.8, 1.25))
@@ -181,7 +183,7 @@ def register_chromatin(predicted: np.ndarray, chromatin: np.ndarray, *, params: 
     if em is not None and params.nuclei_refinement:
         check_cancel()
         report("heterochromatin refinement", 0.9)
-        nm, extra, warning = refine_nuclei(em, moving, m, fix_scale=fix_scale)
+        nm, extra, warning = refine_nuclei(em, measured, m, fix_scale=fix_scale)
         warnings += [warning] if warning else []
         if extra["nuclei_applied"]:
             m, score = nm, overlap_score(fs, ms, on_level(nm))
@@ -189,7 +191,7 @@ def register_chromatin(predicted: np.ndarray, chromatin: np.ndarray, *, params: 
     warped, valid = T.warp_channels([moving], m, fixed.shape)
     q = ncc(fixed, warped[0], valid) if valid.sum() > 16 else 0.0
     blobs = count_blobs(warped[0], valid)
-    contrast = nuclei_contrast(em, moving, m) if em is not None else None
+    contrast = nuclei_contrast(em, measured, m) if em is not None else None
     lo, hi = (prior or 1.0) * params.scale_range[0], (prior or 1.0) * params.scale_range[1]
     edge = None
     if not lo * EDGE < T.scale_of(m) < hi / EDGE:
