@@ -110,12 +110,19 @@ _BASIS = np.array([
 ], dtype=np.float64)
 
 
+class _UninitialisedLinear(torch.nn.Linear):
+    """A Linear layer whose constructor draws nothing from the global RNG (MineNet initialises it)."""
+
+    def reset_parameters(self) -> None:
+        pass
+
+
 class MineNet(torch.nn.Module):
     """T(fixed, moving): 2 → h → h → 1 with ReLU, initialised from ``generator`` (PyTorch's default scheme)."""
 
     def __init__(self, hidden: int = 100, generator: Optional[torch.Generator] = None):
         super().__init__()
-        linear = lambda i, o: torch.nn.utils.skip_init(torch.nn.Linear, i, o)  # noqa: E731  (no global RNG)
+        linear = _UninitialisedLinear
         self.net = torch.nn.Sequential(linear(2, hidden), torch.nn.ReLU(), linear(hidden, hidden), torch.nn.ReLU(),
                                        linear(hidden, 1))
         with torch.no_grad():
@@ -127,6 +134,40 @@ class MineNet(torch.nn.Module):
 
     def forward(self, f: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         return self.net(torch.stack([f, m], dim=1)).squeeze(1)
+
+
+class AmsGrad:
+    """Adam with AMSGrad (the update of ``torch.optim.Adam(amsgrad=True)``, betas 0.9/0.999, eps 1e-8) over a
+    few small parameter groups; ``param_groups`` and ``state`` as in torch.optim.  Written out because
+    torch.optim's first use imports torch._dynamo, seconds of a command-line run's start-up."""
+
+    def __init__(self, groups: list[dict], betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        self.param_groups = [dict(g) for g in groups]
+        self.betas, self.eps = betas, eps
+        self.state: dict[torch.Tensor, dict] = {}
+
+    def zero_grad(self) -> None:
+        for g in self.param_groups:
+            for q in g["params"]:
+                q.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        b1, b2 = self.betas
+        for g in self.param_groups:
+            for q in g["params"]:
+                if q.grad is None:
+                    continue
+                st = self.state.get(q)
+                if st is None:
+                    st = self.state[q] = {"step": 0, "m": torch.zeros_like(q), "v": torch.zeros_like(q),
+                                          "v_max": torch.zeros_like(q)}
+                st["step"] += 1
+                st["m"].lerp_(q.grad, 1 - b1)
+                st["v"].mul_(b2).addcmul_(q.grad, q.grad, value=1 - b2)
+                torch.maximum(st["v_max"], st["v"], out=st["v_max"])
+                denom = (st["v_max"] / (1 - b2 ** st["step"])).sqrt_().add_(self.eps)
+                q.addcdiv_(st["m"], denom, value=-g["lr"] / (1 - b1 ** st["step"]))
 
 
 def dv_bound(net: MineNet, f: torch.Tensor, m: torch.Tensor, perm) -> torch.Tensor:
@@ -325,7 +366,7 @@ def _optimise(levels: list[_Level], m0: np.ndarray, p: MineParams, seed: int, de
             groups = [{"params": net_params, "lr": p.lr_mine}, {"params": [v], "lr": lr}]
             if p.fine_params:
                 groups.append({"params": [v_fine], "lr": p.lr_fine})
-            opt = torch.optim.Adam(groups, amsgrad=True, fused=True)   # fused: one kernel, less per-step overhead
+            opt = AmsGrad(groups)
         else:         # next level: keep the network's optimiser state, restart the transform's
             opt.param_groups[1]["lr"] = lr
             opt.state.pop(v, None)
