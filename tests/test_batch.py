@@ -36,7 +36,7 @@ def pairs(tmp_path_factory):
     the fast preset registers at this tiny size)."""
     d = tmp_path_factory.mktemp("pairs")
     truth = {}
-    for i, seed in enumerate((3, 1, 4)):
+    for i, seed in enumerate((3, 5, 4)):
         pair = make_pair(SIZE, seed=seed)
         save_pair(pair, d, prefix=f"p{i}")
         truth[f"p{i}"] = pair.fixed_to_moving
@@ -152,7 +152,7 @@ def _worker_state() -> dict:
     import cv2
     import torch
     return {"ppid": os.getppid(), "torch_threads": torch.get_num_threads(), "cv2_threads": cv2.getNumThreads(),
-            "preloaded": [m for m in ("torch._dynamo", "clem_bridge.workflows.register") if m in sys.modules]}
+            "preloaded": [m for m in ("matplotlib.figure", "clem_bridge.register") if m in sys.modules]}
 
 
 @pytest.mark.slow
@@ -169,7 +169,7 @@ def test_local_workers_fork_from_a_single_threaded_preloaded_server():
                    if ln.startswith("Threads:")]
     assert len(states) == 2 and {s["ppid"] for s in states} == {server} and server != os.getpid()
     assert threads == ["1"]
-    assert all(s["preloaded"] == ["torch._dynamo", "clem_bridge.workflows.register"] for s in states)
+    assert all(s["preloaded"] == ["matplotlib.figure", "clem_bridge.register"] for s in states)
     assert all(s["torch_threads"] == 1 and s["cv2_threads"] == 1 for s in states)
 
 

@@ -15,9 +15,9 @@ row in the summary saying why; the others run.
 workflow. By default a ``LocalCluster`` of ``workers`` processes with one thread each, forked (Dask's
 ``multiprocessing-method`` ``forkserver``) from a server process that has already imported what a pair needs
 (:data:`WORKER_MODULES`, with ``OMP_NUM_THREADS=MKL_NUM_THREADS=OPENBLAS_NUM_THREADS=1`` set before torch and
-numpy load): the imports (~3 s a worker on a 2-core machine, most of it torch's lazily loaded compiler and
-shape-guard modules on the first pair) are paid once per batch, and forked workers exit without the
-interpreter's slow teardown of torch. The server only imports: it runs no torch or OpenCV computation, so it
+numpy load): the imports (torch, OpenCV, matplotlib, Dask, the method's workflow: seconds a worker) are paid
+once per batch, not by each worker, and forked workers exit without the interpreter's slow teardown of torch
+(~4 s off each batch on the shared 2-core machine). The server only imports: it runs no torch or OpenCV computation, so it
 has no thread pool that a fork could break (one thread, checked in the tests). Where the platform has no
 forkserver, workers are spawned as before. :class:`OneThreadPerTask` pins torch and OpenCV to one thread on
 every worker, so a pair uses one core.
@@ -35,7 +35,8 @@ On SLURM with ``dask-jobqueue`` (``pip install dask-jobqueue``), from a login no
 
     from dask_jobqueue import SLURMCluster
     cluster = SLURMCluster(cores=8, processes=8, memory="64GB", walltime="04:00:00",
-                           job_script_prologue=["export OMP_NUM_THREADS=1"], scheduler_options={"port": 8786})
+                           job_script_prologue=["export OMP_NUM_THREADS=1"], scheduler_options={"port": 8786},
+                           worker_extra_args=["--preload", "clem_bridge.workflows.batch"])
     cluster.scale(jobs=4)          # 32 workers; then: clem-bridge batch ... --scheduler tcp://LOGIN:8786
                                    # (or a scheduler file: --scheduler /shared/scheduler.json)
 
@@ -381,12 +382,12 @@ def _finite(d: dict) -> dict:
 
 # --- the batch (runs in the client) ---------------------------------------------------------
 
-# What a worker imports before its first pair: Dask, the batch task, OpenCV, torch, and what the first pair would
-# otherwise load lazily (the Adam optimiser imports torch._dynamo, the first tensor copy sympy's shape guards, the
-# MI curve matplotlib's Figure and Agg canvas); then the modules of each method in the batch.  A name that a later
-# version drops is skipped (the forkserver ignores ImportError), costing only speed.
-WORKER_MODULES = ("distributed", "cv2", "torch", "torch._dynamo", "torch.fx.experimental.symbolic_shapes",
-                  "matplotlib.figure", "matplotlib.backends.backend_agg", "clem_bridge.workflows.batch")
+# What a worker imports before its first pair: Dask, the batch task, OpenCV, torch, matplotlib's Figure and Agg
+# canvas (the MI curve; imported lazily by the first pair otherwise), then the modules of each method in the batch.
+# Only what the pairs import: anything more lengthens every batch's start (the forkserver imports before the
+# first worker forks).  A name that a later version drops is skipped (the forkserver ignores ImportError).
+WORKER_MODULES = ("distributed", "cv2", "torch", "matplotlib.figure", "matplotlib.backends.backend_agg",
+                  "clem_bridge.workflows.batch")
 RUNNER_MODULES = {"register": ("clem_bridge.workflows.register", "clem_bridge.register"),
                   "correlate": ("clem_bridge.workflows.correlate",), "fiducials": ("clem_bridge.workflows.fiducials",)}
 # one thread per library in a worker; read by OpenMP, MKL and OpenBLAS when they load, so set before the imports
