@@ -12,14 +12,16 @@ and peak memory of the slab-wise warp onto a 500×1024×1024 EM grid.
 
 Wall and CPU seconds and the load average are recorded (the 2-core CI box is shared).
 
-Results (benchmarks/results/bench_register3d-2core-cpu.json, 1 torch thread, load average 10-12 on 2 cores):
-accuracy 7/8 within target for MINE (median 0.19 EM voxel lateral, 0.07 LM slice axial, 16.5 CPU s) and 7/8
-for classical MI (0.27 / 0.06, 14.8 CPU s); the miss (mirrored and z-reversed, 1:8) is reported
-``uncertain`` by both, no silent failure.  20×512×512 vs 20×256×256: 29.0 CPU s (74 s wall under that load;
-33 s wall / 21 CPU s with the earlier 2×-binned search sweep), error 0.11 EM voxel / 0.12 slice.  Tiled warp
-onto 500×1024×1024: peak RSS 3.0 GiB (about 1 GiB of it the output's memory-mapped pages).
-Mitochondria-only LM channel (``--lm-channel 1``, bench_register3d-mito-channel-2core-cpu.json): 0/4, all
-reported ``uncertain``.
+Results (benchmarks/results/bench_register3d-2core-cpu.json, 1 torch thread, load average 2-7 on 2 cores):
+accuracy 7/8 within target for MINE (median 0.19 EM voxel lateral, 0.08 LM slice axial, 6.4 CPU s) and 7/8
+for classical MI (0.18 / 0.05, 8.6 CPU s); the miss (mirrored and z-reversed, 1:8, scale 0.96) is reported
+``uncertain`` by both, no silent failure.  20×512×512 vs 20×256×256: 15.0 s wall / 8.8 CPU s (11.4 s /
+10.7 CPU s in a second run), of which the slice search 7.6 s, MINE 3.2 s; error 0.12 EM voxel / 0.10 slice.
+Before the coarse-to-fine slice search, the 32-wide MINE network and 150 iterations per level: 74 s wall /
+29 CPU s under load 11 (search 51.6 s, MINE 15.7 s), accuracy as now.  Tiled warp onto 500×1024×1024:
+peak RSS 3.0 GiB (about 1 GiB of it the output's memory-mapped pages).
+Mitochondria-only LM channel (``--lm-channel 1``, bench_register3d-mito-channel-2core-cpu.json, before these
+changes): 0/4, all reported ``uncertain``.
 
     python benchmarks/bench_register3d.py [--parts accuracy timing warp] [--cases 8] [--methods mine]
         [--lm-channel 0] [--threads 1] [--out benchmarks/results/bench_register3d-2core-cpu.json]
