@@ -31,7 +31,7 @@ from ..errors import Cancelled
 from ..intensity import percentile_normalise
 from ..progress import Progress
 from ..quality import histogram_mi
-from ..register.mine import MineNet, dv_bound
+from ..register.mine import AmsGrad, MineNet, dv_bound
 from ..transforms3d import center_of3d, voxel_matrix, voxel_to_normalized
 from .prealign import blur_physical, lm_resolution, resample
 
@@ -180,13 +180,13 @@ def _optimise_mine(levels, m0, p: Mine3DParams, seed, report, stop):
     m0_t = torch.from_numpy(m0.astype(np.float32))
     v = torch.zeros(len(BASIS), requires_grad=True)
     net = MineNet(hidden=p.hidden)
-    opt_net = torch.optim.Adam(net.parameters(), lr=p.lr_mine, amsgrad=True)
+    opt_net = AmsGrad([{"params": list(net.parameters()), "lr": p.lr_mine}])
     corners = torch.tensor([[x, y, z, 1.0] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)])
     mi_curve, stage_iters, iterations = [], [], 0
     budget = p.max_iterations * len(levels)
     for si, level in enumerate(levels):
         lr = p.lr_transform * p.lr_decay ** si
-        opt_v = torch.optim.Adam([v], lr=lr, amsgrad=True)
+        opt_v = AmsGrad([{"params": [v], "lr": lr}])
         ema = last_ema = prev = None
         calm, window = 0, []
         n = level.fixed_values.numel()
