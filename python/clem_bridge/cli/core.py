@@ -22,8 +22,14 @@ def _summary(reg, out: Path) -> None:
 
 
 def _register_local(em: Path, lm: Path, out: Path, **kw):
+    import os
+
+    import torch
+
     from ..workflows.register import register_files
 
+    if "OMP_NUM_THREADS" not in os.environ:   # MINE's per-step tensors are small: one thread is fastest (2 cores,
+        torch.set_num_threads(1)               # loaded: 2 threads were 10x slower), unless the user says otherwise
     with progress_bar() as report:
         return register_files(em, lm, out, progress=report, **kw)
 
