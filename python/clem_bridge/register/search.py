@@ -133,7 +133,8 @@ def global_search(fixed: np.ndarray, moving: np.ndarray, *, rotation_range_deg: 
 
     full = _Matcher(fixed, moving, max_shift_frac, sigma)
     best = max((full.score(r[1] + k * rotation_step_deg, r[2] * ratio ** (j / 2.0), r[3])
-                for r in seeds for k in range(-2, 3) for j in (-1, 0, 1)), key=lambda r: r[0])
+                for r in seeds for k in range(-2, 3) for j in ((-1, 0, 1) if len(scales) > 1 else (0,))),
+               key=lambda r: r[0])
     # polish: rotation in sixths of the step, then scale in eighths of the sweep's ratio
     fine = [full.score(best[1] + k * rotation_step_deg / 6.0, best[2], best[3]) for k in range(-5, 6)]
     best = max([best, *fine], key=lambda r: r[0])
