@@ -15,7 +15,7 @@ row in the summary saying why; the others run.
 workflow. By default a ``LocalCluster`` of ``workers`` processes with one thread each, forked (Dask's
 ``multiprocessing-method`` ``forkserver``) from a server process that has already imported what a pair needs
 (:data:`WORKER_MODULES`, with ``OMP_NUM_THREADS=MKL_NUM_THREADS=OPENBLAS_NUM_THREADS=1`` set before torch and
-numpy load): the imports (torch, OpenCV, matplotlib, Dask, the method's workflow: seconds a worker) are paid
+numpy load): the imports (torch, OpenCV, Dask, the method's workflow: seconds a worker) are paid
 once per batch, not by each worker, and forked workers exit without the interpreter's slow teardown of torch
 (~4 s off each batch on the shared 2-core machine). The server only imports: it runs no torch or OpenCV computation, so it
 has no thread pool that a fork could break (one thread, checked in the tests). Where the platform has no
@@ -382,12 +382,11 @@ def _finite(d: dict) -> dict:
 
 # --- the batch (runs in the client) ---------------------------------------------------------
 
-# What a worker imports before its first pair: Dask, the batch task, OpenCV, torch, matplotlib's Figure and Agg
-# canvas (the MI curve; imported lazily by the first pair otherwise), then the modules of each method in the batch.
+# What a worker imports before its first pair: Dask, the batch task, OpenCV, torch, then the modules of each
+# method in the batch (fiducials brings matplotlib for its figures).
 # Only what the pairs import: anything more lengthens every batch's start (the forkserver imports before the
 # first worker forks).  A name that a later version drops is skipped (the forkserver ignores ImportError).
-WORKER_MODULES = ("distributed", "cv2", "torch", "matplotlib.figure", "matplotlib.backends.backend_agg",
-                  "clem_bridge.workflows.batch")
+WORKER_MODULES = ("distributed", "cv2", "torch", "clem_bridge.workflows.batch")
 RUNNER_MODULES = {"register": ("clem_bridge.workflows.register", "clem_bridge.register"),
                   "correlate": ("clem_bridge.workflows.correlate",), "fiducials": ("clem_bridge.workflows.fiducials",)}
 # one thread per library in a worker; read by OpenMP, MKL and OpenBLAS when they load, so set before the imports
