@@ -203,9 +203,9 @@ def dask_cluster(folder: Path, scheduler_args=(), worker_args=()):
             c.wait_for_workers(2, timeout=120)
         yield str(sched_file)
     finally:
-        for p in procs:
+        # workers first, then the scheduler: a worker whose scheduler is gone can take 30 s to give up on it
+        for p in [*procs[1:], *procs[:1]]:
             p.terminate()
-        for p in procs:
             try:
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:        # a worker busy in a task may ignore SIGTERM: stop it hard
