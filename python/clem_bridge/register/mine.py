@@ -483,6 +483,12 @@ def register_mine(fixed, moving, *, preset: str = "fast", params: Optional[MineP
     levels = [_build_level(fixed_w, moving_w, fct, ff, fm, p, dev) for fct in factors]
     timings["pyramid_s"] = time.perf_counter() - tb
 
+    def to_work(frame_m: np.ndarray) -> np.ndarray:       # frame → frame matrix as working-size fixed_to_moving
+        return np.linalg.inv(fm) @ frame_m @ ff
+
+    def to_full(work_m: np.ndarray) -> np.ndarray:        # working size → the inputs' full size
+        return rescale(work_m, full_fixed_shape, fixed_w.shape, full_moving_shape, moving_w.shape)
+
     tm = time.perf_counter()
     frame_mat, mi_curve, level_iters, iterations = _optimise(levels, m0, p, seed, dev, report, stop, timings)
     timings["optimise_s"] = time.perf_counter() - tm
@@ -492,13 +498,11 @@ def register_mine(fixed, moving, *, preset: str = "fast", params: Optional[MineP
         # the first result that another one confirms is kept, none confirmed gives a warning
         tv = time.perf_counter()
         runs = [(frame_mat, mi_curve, level_iters, iterations)]
-        full = lambda fm_: rescale(np.linalg.inv(fm) @ fm_ @ ff, full_fixed_shape, fixed_w.shape,  # noqa: E731
-                                   full_moving_shape, moving_w.shape)
-        mats = [full(frame_mat)]
+        mats = [to_full(to_work(frame_mat))]
         confirmed = None
         for extra in (1, 2):
             runs.append(_optimise(levels, m0, p, seed + extra, dev, lambda _p: None, stop, {}))
-            mats.append(full(runs[-1][0]))
+            mats.append(to_full(to_work(runs[-1][0])))
             gaps = [(tre(mats[i], mats[-1], full_fixed_shape), i) for i in range(len(mats) - 1)]
             disagreement, i = min(gaps)
             if disagreement <= p.verify_px:
@@ -507,8 +511,8 @@ def register_mine(fixed, moving, *, preset: str = "fast", params: Optional[MineP
         if confirmed is not None:
             frame_mat, mi_curve, level_iters, iterations = runs[confirmed]
         timings["verify_s"] = time.perf_counter() - tv
-    a_work = np.linalg.inv(fm) @ frame_mat @ ff
-    a_full = rescale(a_work, full_fixed_shape, fixed_w.shape, full_moving_shape, moving_w.shape)
+    a_work = to_work(frame_mat)
+    a_full = to_full(a_work)
     a_full[2] = (0.0, 0.0, 1.0)
 
     report(Progress("metrics", 0, None, None, 0.96))
