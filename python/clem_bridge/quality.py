@@ -36,7 +36,7 @@ def histogram_mi(a: np.ndarray, b: np.ndarray, bins: int = 32) -> float:
     return float((p[nz] * np.log(p[nz] / (px @ py)[nz])).sum())
 
 
-def inner_box(mask: np.ndarray, max_side: int = 128) -> Optional[tuple[slice, slice]]:
+def inner_box(mask: np.ndarray, max_side: int = 64) -> Optional[tuple[slice, slice]]:
     """Largest axis-aligned rectangle fully inside ``mask`` (found on a grid of at most ``max_side`` cells)."""
     h, w = mask.shape
     f = max(1, int(np.ceil(max(h, w) / max_side)))

@@ -39,12 +39,19 @@ def gradient_magnitude(image: np.ndarray, sigma: float = 1.0) -> np.ndarray:
     return cv2.magnitude(gx, gy)
 
 
-def candidate(fixed_shape, moving_shape, angle: float, scale: float, mirrored: bool) -> np.ndarray:
-    """fixed px → moving px: (mirror x about the fixed centre,) rotate/scale about it, land on the moving centre."""
+def candidate(fixed_shape, moving_shape, angle, scale, mirrored) -> np.ndarray:
+    """fixed px → moving px: (mirror x about the fixed centre,) rotate/scale about it, land on the moving centre.
+
+    Scalars give one 3×3 matrix; arrays (broadcast together) give a stack of them, shape (..., 3, 3).
+    """
     cf, cm = center_of(fixed_shape), center_of(moving_shape)
-    m = from_params(rotation_deg=angle, scale=scale, center=cf, translation=(cm[0] - cf[0], cm[1] - cf[1]))
-    if mirrored:
-        m = m @ np.array([[-1.0, 0, 2 * cf[0]], [0, 1, 0], [0, 0, 1]])
+    t, s, h = np.broadcast_arrays(np.deg2rad(np.asarray(angle, float)), np.asarray(scale, float),
+                                  np.where(np.asarray(mirrored), -1.0, 1.0))
+    c, sn = np.cos(t) * s, np.sin(t) * s
+    m = np.zeros(t.shape + (3, 3))
+    m[..., 0, 0], m[..., 0, 1], m[..., 1, 0], m[..., 1, 1], m[..., 2, 2] = c * h, -sn, sn * h, c, 1.0
+    m[..., 0, 2] = cm[0] - m[..., 0, 0] * cf[0] - m[..., 0, 1] * cf[1]
+    m[..., 1, 2] = cm[1] - m[..., 1, 0] * cf[0] - m[..., 1, 1] * cf[1]
     return m
 
 
@@ -68,10 +75,11 @@ class _Matcher:
                                 borderValue=0.0)
         return cv2.matchTemplate(canvas, self.fg, cv2.TM_CCOEFF_NORMED)
 
-    def rank(self, angle: float, scale: float, mirrored: bool) -> tuple[float, float, float, bool]:
-        """(score, angle, scale, mirrored): the best correlation over the translations of this candidate."""
-        resp = self.response(candidate(self.fixed_shape, self.moving_shape, angle, scale, mirrored), self.margin)
-        return float(resp.max()), float(angle), float(scale), bool(mirrored)
+    def rank(self, angles: np.ndarray, scales: np.ndarray, mirrored: np.ndarray) -> list[tuple[float, float, float, bool]]:
+        """(score, angle, scale, mirrored) for each candidate: its best correlation over the translations."""
+        mats = candidate(self.fixed_shape, self.moving_shape, angles, scales, mirrored)
+        return [(cv2.minMaxLoc(self.response(m, self.margin))[1], float(a), float(s), bool(h))
+                for m, a, s, h in zip(mats, angles, scales, mirrored)]
 
     def score(self, angle: float, scale: float, mirrored: bool) -> tuple[float, float, float, bool, np.ndarray]:
         """(score, angle, scale, mirrored, fixed_to_moving) with the best (sub-pixel) translation for this candidate."""
@@ -84,9 +92,42 @@ class _Matcher:
         return float(best), float(angle), float(scale), bool(mirrored), base @ t
 
 
+    def correlation(self, fixed_to_moving: np.ndarray) -> float:
+        """The criterion at zero shift: correlation of the fixed gradient with the mapped moving gradient
+        (zero where the moving image has no data), over the fixed grid."""
+        h, w = self.fg.shape
+        warped = cv2.warpAffine(self.mg, np.asarray(fixed_to_moving, float)[:2], (w, h),
+                                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
+                                borderValue=0.0).ravel()
+        f = self.fg.ravel() - self.fg.mean()
+        m = warped - warped.mean()
+        den = float(np.sqrt(np.dot(f, f) * np.dot(m, m)))
+        return float(np.dot(f, m)) / den if den > 0 else 0.0
+
+
 def alignment_score(fixed: np.ndarray, moving: np.ndarray, fixed_to_moving: np.ndarray, sigma: float = 1.0) -> float:
     """The search's criterion for one matrix: correlation of the fixed gradient with the mapped moving gradient."""
-    return float(_Matcher(fixed, moving, 0.0, sigma).response(np.asarray(fixed_to_moving, float), (0, 0))[0, 0])
+    return _Matcher(fixed, moving, 0.0, sigma).correlation(fixed_to_moving)
+
+
+def alignment_optimum(fixed: np.ndarray, moving: np.ndarray, fixed_to_moving: np.ndarray, sigma: float = 1.0,
+                      max_evals: int = 600) -> tuple[np.ndarray, float]:
+    """The criterion's local optimum near ``fixed_to_moving`` and its value: Powell over an affine perturbation
+    (translation px, rotation °, log scale, log stretch, shear) about the fixed centre.  A consistency check:
+    a registration that the criterion would move far, for a clearly better score, sits on an ambiguous optimum."""
+    from scipy.optimize import minimize
+    matcher = _Matcher(fixed, moving, 0.0, sigma)
+    a = np.asarray(fixed_to_moving, float)
+    centre = center_of(fixed.shape)
+
+    def mat(p):
+        tx, ty, rot, log_s, log_st, shear = p
+        return a @ from_params(rotation_deg=rot, scale=(np.exp(log_s + log_st), np.exp(log_s - log_st)), shear=shear,
+                               center=centre, translation=(tx, ty))
+
+    res = minimize(lambda p: -matcher.correlation(mat(p)), np.zeros(6), method="Powell",
+                   options={"xtol": 1e-3, "ftol": 1e-4, "maxfev": max_evals})
+    return mat(res.x), float(-res.fun)
 
 
 def _distinct(ranked: list, keep: int, angle_tol: float, scale_ratio: float) -> list:
@@ -127,8 +168,8 @@ def global_search(fixed: np.ndarray, moving: np.ndarray, *, rotation_range_deg: 
     small = lambda img: area_resize(img, (max(int(img.shape[0] / coarse_factor), 8),  # noqa: E731
                                           max(int(img.shape[1] / coarse_factor), 8)))[0]
     coarse = _Matcher(small(fixed), small(moving), max_shift_frac, sigma)
-    ranked = sorted((coarse.rank(a, s, h) for h in hands for s in scales for a in angles),
-                    key=lambda r: -r[0])
+    grid_h, grid_s, grid_a = (g.ravel() for g in np.meshgrid(hands, scales, angles, indexing="ij"))
+    ranked = sorted(coarse.rank(grid_a, grid_s, grid_h), key=lambda r: -r[0])
     seeds = _distinct(ranked, keep, coarse_step, ratio ** 0.5)
 
     full = _Matcher(fixed, moving, max_shift_frac, sigma)
