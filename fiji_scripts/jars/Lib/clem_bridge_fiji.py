@@ -64,10 +64,7 @@ def register3d(em, lm, reg_channel, channels, server_url, token, seed, out_dir):
         log("CLEM 3-D: %s voxel %s um (x, y, z) for %s" % (what, " x ".join("%.4g" % v for v in params[key]),
                                                           imp.getTitle()))
     out = images.output_dir(out_dir)
-    server = http.connect(server_url, token)
-    files = [("em", _upload_name(em), images.tiff_bytes(em)), ("lm", _upload_name(lm), images.tiff_bytes(lm))]
-    record, job = server.submit_and_wait("/v1/register3d", files, params, "CLEM 3-D registration", wait_s=10)
-    saved = dict((name, server.download(job, name, out)) for name in job.get("artifacts") or [])
+    record, saved = _send_pair(server_url, token, "/v1/register3d", em, lm, params, "CLEM 3-D registration", out)
     log("CLEM 3-D: registered %s to %s; fixed_to_moving = %s; files in %s"
         % (lm.getTitle(), em.getTitle(), record.get("fixed_to_moving"), out))
     warped = _open_view(saved, "lm_warped.tif", em.getTitle())
@@ -170,10 +167,7 @@ def fiducials(em_file, em_title, lm_file, lm_title, lm_channel, bead_nm, model, 
     out = images.output_dir(out_dir)
     if images.point_selection(em) and images.point_selection(lm):
         log("CLEM fiducials: both images carry point selections; Plugins > CLEM > Register Landmarks fits those")
-    server = http.connect(server_url, token)
-    files = [("em", _upload_name(em), images.tiff_bytes(em)), ("lm", _upload_name(lm), images.tiff_bytes(lm))]
-    record, job = server.submit_and_wait("/v1/fiducials", files, params, "CLEM fiducials", wait_s=10)
-    saved = dict((name, server.download(job, name, out)) for name in job.get("artifacts") or [])
+    record, saved = _send_pair(server_url, token, "/v1/fiducials", em, lm, params, "CLEM fiducials", out)
     log("CLEM fiducials: registered %s to %s by beads; fixed_to_moving = %s; files in %s"
         % (lm.getTitle(), em.getTitle(), record.get("fixed_to_moving"), out))
     log_error_budget(record, "CLEM fiducials")
@@ -280,6 +274,15 @@ def _check_planes(em, lm, command, hint=""):
         if planes > 1:
             raise ClemError("the %s image %s is a stack (%d planes); %s is 2-D%s"
                             % (what, imp.getTitle(), imp.getStackSize(), command, hint))
+
+
+def _send_pair(server_url, token, endpoint, em, lm, params, label, out):
+    """Upload the EM and LM images to the server's ``endpoint``, wait for the job and save every file it made in
+    ``out``; returns (result record, {file name: saved path})."""
+    server = http.connect(server_url, token)
+    files = [("em", _upload_name(em), images.tiff_bytes(em)), ("lm", _upload_name(lm), images.tiff_bytes(lm))]
+    record, job = server.submit_and_wait(endpoint, files, params, label, wait_s=10)
+    return record, dict((name, server.download(job, name, out)) for name in job.get("artifacts") or [])
 
 
 def _upload_name(imp):
