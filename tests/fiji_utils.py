@@ -8,22 +8,56 @@ library is imported from ``<app>/jars/Lib`` as in Fiji.  The JVM's command line 
 headless one (``--headless --run <script> <args>``), so the scripts use exit codes; ``host=True``
 leaves that out, as when a host (PyImageJ, a running Fiji) runs the script: the runner then prints
 ``HOST_STILL_RUNNING`` after the script, which only happens if the script did not end the JVM.
+
+Start-up costs are paid once per test process: the first :func:`make_fiji_app` installs a template
+Fiji.app and runs one JVM in it that compiles the Jython library (``$py.class`` next to the modules, as
+Fiji's Jython keeps them) and the Groovy helpers (``.class`` next to ``ClemBridgeFiji.groovy``, which the
+Groovy commands' GroovyClassLoader then loads instead of compiling the same source again), and saves the
+classes it loaded (Jython, Groovy, ImageJ) as a class-data-sharing archive; apps are copies of the template
+(compiled files included) and every JVM maps the archive.
 """
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import os
 import shutil
 import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterator
 
 from clem_bridge import fiji, fiji_install
+from server_utils import running_server
 
 JARS = {k: Path(v) for k, v in fiji.JARS.items()}
 CLASSPATH = f"{JARS['jython']}:{JARS['groovy']}:{JARS['ij']}"  # Fiji has all three; Jython uses Groovy's warp
 RUNNERS = Path(__file__).parent / "fiji_runners"
-# Startup-only JVM flags (C1 compiler only, serial GC): a short script's JVM starts in half the CPU time.
-FAST_START = ["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"]
+FAST_START = list(fiji.FAST_START)  # the library's start-up flags (C1 only, serial GC): half the CPU time
+WARM_UP = """
+import sys
+sys.dont_write_bytecode = False
+sys.path.insert(0, %(lib)r)
+import clem_bridge_fiji, clem_bridge_transforms
+from groovy.lang import GroovyClassLoader
+from java.io import File
+from org.codehaus.groovy.control import CompilationUnit, CompilerConfiguration
+from ij import IJ
+from ij.process import FloatProcessor
+clem_bridge_transforms.warp_processor(FloatProcessor(4, 4), [[1, 0, 0], [0, 1, 0], [0, 0, 1]], 4, 4)
+conf = CompilerConfiguration()
+conf.setTargetDirectory(%(lib)r)
+unit = CompilationUnit(conf)
+for name in ("ClemBridgeFiji.groovy", "ClemWarp.groovy"):
+    unit.addSource(File(%(lib)r, name))
+unit.compile()
+loader = GroovyClassLoader(IJ.getClassLoader())
+loader.addClasspath(%(lib)r)
+loader.loadClass("ClemBridgeFiji")
+"""
+_session: dict[str, Path] = {}
 
 
 def jvm_missing() -> str | None:
@@ -39,11 +73,46 @@ def jvm_missing() -> str | None:
 def make_fiji_app(root: Path) -> Path:
     """A minimal Fiji.app (ImageJ jar in jars/, a launcher name) with clem-bridge installed into it."""
     app = root / "Fiji.app"
-    (app / "jars").mkdir(parents=True)
-    (app / "jars" / "ij-1.52i.jar").symlink_to(JARS["ij"])
-    (app / "ImageJ-linux64").write_text("#!/bin/sh\n")
-    fiji_install.install(app)
+    shutil.copytree(_template_app(), app, symlinks=True)  # keeps the modules' times, so their $py.class stay valid
     return app
+
+
+@contextlib.contextmanager
+def fiji_app_and_server(root: Path, **server_kw) -> Iterator[tuple[Path, str]]:
+    """``make_fiji_app(root)`` and ``running_server(root / "data", **server_kw)``, started side by side:
+    yields ``(app, url)``."""
+    with ThreadPoolExecutor(1) as pool:
+        app = pool.submit(make_fiji_app, root)
+        with running_server(root / "data", **server_kw) as url:
+            yield app.result(), url
+
+
+def _template_app() -> Path:
+    """This process's installed Fiji.app with the Jython library compiled, and the JVMs' class archive."""
+    if "app" not in _session:
+        work = Path(tempfile.mkdtemp(prefix="clem-bridge-fiji-"))
+        atexit.register(shutil.rmtree, work, True)
+        app = work / "Fiji.app"
+        (app / "jars").mkdir(parents=True)
+        (app / "jars" / "ij-1.52i.jar").symlink_to(JARS["ij"])
+        (app / "ImageJ-linux64").write_text("#!/bin/sh\n")
+        fiji_install.install(app)
+        archive = work / "jvm-classes.jsa"
+        code = WARM_UP % {"lib": str(app / "jars" / "Lib")}
+        r = subprocess.run(["java", *FAST_START, f"-XX:ArchiveClassesAtExit={archive}", "-Djava.awt.headless=true",
+                            "-cp", CLASSPATH, "org.python.util.jython", "-c", code], capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        if archive.is_file():
+            _session["archive"] = archive
+        _session["app"] = app
+    return _session["app"]
+
+
+def _java(*args: str) -> list[str]:
+    """``java`` with the start-up flags (and the class archive once there is one)."""
+    shared = [f"-XX:SharedArchiveFile={_session['archive']}"] if "archive" in _session else []
+    return ["java", *FAST_START, *shared, "-Djava.awt.headless=true", *args]
 
 
 def run_script(app: Path, name: str | Path, args: str = "", *, timeout: float = 600, cwd: Path | None = None,
@@ -57,11 +126,9 @@ def run_script(app: Path, name: str | Path, args: str = "", *, timeout: float = 
     work.mkdir(parents=True, exist_ok=True)
     (work / "bindings.json").write_text(json.dumps({k: [t, v] for k, (t, v) in bound.items()}))
     (work / name).write_text(fiji.strip_parameters(text))
-    if name.endswith(".py"):
-        cmd = ["java", "-cp", CLASSPATH, "org.python.util.jython", str(RUNNERS / "run_jython.py")]
-    else:
-        cmd = ["java", "-cp", CLASSPATH, "groovy.ui.GroovyMain", str(RUNNERS / "run_groovy.groovy")]
-    cmd[1:1] = [*FAST_START, "-Djava.awt.headless=true", f"-Dimagej.dir={app}", "-Xss8m"]
+    main = (["org.python.util.jython", str(RUNNERS / "run_jython.py")] if name.endswith(".py") else
+            ["groovy.ui.GroovyMain", str(RUNNERS / "run_groovy.groovy")])
+    cmd = _java(f"-Dimagej.dir={app}", "-Xss8m", "-cp", CLASSPATH, *main)
     cmd += [str(work / "bindings.json")] + ([] if host else ["--headless", "--run"]) + [str(work / name), args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
@@ -69,7 +136,6 @@ def run_script(app: Path, name: str | Path, args: str = "", *, timeout: float = 
 
 def run_jython(app: Path, code: str, *, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run Jython ``code`` with ImageJ 1 and ``<app>/jars/Lib`` importable (library-level tests)."""
-    prelude = f"import sys\nsys.path.insert(0, {str(app / 'jars' / 'Lib')!r})\n"
-    return subprocess.run(["java", *FAST_START, "-Djava.awt.headless=true", "-cp", CLASSPATH,
-                           "org.python.util.jython", "-c", prelude + code], capture_output=True, text=True,
-                          timeout=timeout)
+    prelude = f"import sys\nsys.dont_write_bytecode = False\nsys.path.insert(0, {str(app / 'jars' / 'Lib')!r})\n"
+    return subprocess.run(_java("-cp", CLASSPATH, "org.python.util.jython", "-c", prelude + code),
+                          capture_output=True, text=True, timeout=timeout)

@@ -67,6 +67,9 @@ PROGRAM = textwrap.dedent('''
     from clem_bridge.schema import PixelSize
     d = json.loads(sys.argv[1])
     out = {"backend": fiji.start()}
+    from scyjava import jimport
+    out["jvm_args"] = [str(a) for a in jimport("java.lang.management.ManagementFactory").getRuntimeMXBean()
+                       .getInputArguments()]
     arrays = {}
     rng = np.random.default_rng(0)
     for dt in ("uint8", "uint16", "float32"):
@@ -80,6 +83,7 @@ PROGRAM = textwrap.dedent('''
                           "transform_file": d["transform"], "out_file": d["out"]})
     arrays["warped"], ps = res["warped"]
     out["warped_ps"] = ps.x
+    d["url"] = sys.stdin.readline().strip()  # the test starts the server meanwhile
     status = fiji.run_script("CLEM_Server_Status.py", 'server_url="%s"' % d["url"])
     out["status"] = status["status"]
     try:
@@ -101,15 +105,22 @@ def test_scyjava_backend_conversions_and_scripts(tmp_path):
     io.write_tiff(tmp_path / "lm.tif", lm, pixel_size=pair.moving_pixel_size)
     Registration(fixed_to_moving=pair.fixed_to_moving, fixed_shape=(96, 112), moving_shape=lm.shape,
                  method="truth").save_json(tmp_path / "t.json")
-    with socket_closed_port() as dead, running_server(tmp_path / "data") as url:
+    with socket_closed_port() as dead:
         args = {"em": str(tmp_path / "em.tif"), "lm": str(tmp_path / "lm.tif"), "transform": str(tmp_path / "t.json"),
-                "out": str(tmp_path / "w.tif"), "url": url, "dead": dead, "npz": str(tmp_path / "a.npz")}
+                "out": str(tmp_path / "w.tif"), "dead": dead, "npz": str(tmp_path / "a.npz")}
         env = {k: v for k, v in os.environ.items() if k != "CLEM_BRIDGE_FIJI"}
-        r = subprocess.run([sys.executable, "-c", PROGRAM, json.dumps(args)], capture_output=True, text=True,
-                           timeout=300, env={**env, "OMP_NUM_THREADS": "1"})
-    assert r.returncode == 0, r.stderr[-3000:]
-    out = json.loads(r.stdout.split("RESULT ", 1)[1])
+        with subprocess.Popen([sys.executable, "-c", PROGRAM, json.dumps(args)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**env, "OMP_NUM_THREADS": "1"}) as proc:  # the JVM starts while the server does
+            try:
+                with running_server(tmp_path / "data") as url:
+                    stdout, stderr = proc.communicate(url + "\n", timeout=300)
+            finally:
+                proc.kill()
+    assert proc.returncode == 0, stderr[-3000:]
+    out = json.loads(stdout.split("RESULT ", 1)[1])
     assert out["backend"] == "ij1"
+    assert set(fiji.FAST_START) <= set(out["jvm_args"])
     for dt in ("uint8", "uint16", "float32"):
         o = out[dt]
         assert o["same"], dt

@@ -16,8 +16,7 @@ from clem_bridge.fiducials.simulate import make_bead_phantom
 from clem_bridge.io import read_image, write_tiff
 from clem_bridge.result import load_transform_json
 from clem_bridge.schema import PixelSize
-from fiji_utils import jvm_missing, make_fiji_app, run_jython, run_script
-from server_utils import running_server
+from fiji_utils import fiji_app_and_server, jvm_missing, run_jython, run_script
 
 pytestmark = [pytest.mark.jvm, pytest.mark.slow,
               pytest.mark.skipif(jvm_missing() is not None, reason=str(jvm_missing()))]
@@ -32,8 +31,8 @@ def env(tmp_path_factory):
     write_tiff(root / "em.tif", ph.em, EM_PS)
     write_tiff(root / "lm.tif", ph.lm, LM_PS)
     write_tiff(root / "lm_uncal.tif", ph.lm)
-    with running_server(root / "data") as url:
-        yield {"root": root, "app": make_fiji_app(root), "url": url, "ph": ph}
+    with fiji_app_and_server(root) as (app, url):
+        yield {"root": root, "app": app, "url": url, "ph": ph}
 
 
 def budget_line(record, label):

@@ -13,8 +13,7 @@ from clem_bridge.schema import PixelSize
 from clem_bridge.transforms3d import tre3d_components
 from clem_bridge.volume.phantom import make_phantom3d
 from clem_bridge.volume.stack_io import read_stack, write_stack
-from fiji_utils import jvm_missing, make_fiji_app, run_script
-from server_utils import running_server
+from fiji_utils import fiji_app_and_server, jvm_missing, run_script
 
 pytestmark = [pytest.mark.jvm, pytest.mark.slow,
               pytest.mark.skipif(jvm_missing() is not None, reason=str(jvm_missing()))]
@@ -30,8 +29,8 @@ def test_register_em_lm_on_stacks_runs_3d(tmp_path):
                           PixelSize(x=0.3, y=0.3, z=2.0, unit="um"))
     flat = tmp_path / "flat.tif"
     tifffile.imwrite(flat, (ph.lm[0, 5] * 1000).astype(np.uint16), imagej=True)
-    app, out = make_fiji_app(tmp_path), tmp_path / "out"
-    with running_server(tmp_path / "data") as url:
+    out = tmp_path / "out"
+    with fiji_app_and_server(tmp_path) as (app, url):
         r = run_script(app, "Register_EM-LM.py", f'em_file="{em_path}",lm_file="{lm_path}",reg_channel=0,'
                        f'channels="",server_url="{url}",seed=0,out_dir="{out}"')
         assert r.returncode == 0, r.stdout + r.stderr

@@ -1,6 +1,6 @@
 """Fiji menu commands headless under a real JVM against a live clem-bridge server on 127.0.0.1.
 
-Phantom pairs (256²) from clem_bridge.synthetic; parameters passed as Fiji's ``key=value`` string.
+Phantom pairs (256², DeepCLEM 160²) from clem_bridge.synthetic; parameters passed as Fiji's ``key=value`` string.
 Checks: ImageJ-warped channels equal Python's warp of the server's matrix (RMS ≪ 1 grey level in the
 valid region), transform files written in Fiji equal Python's and the server's artifacts, batch with
 reuse, and every failure path (server down, wrong token, server-side error, missing endpoint) is one
@@ -21,13 +21,13 @@ import tifffile
 from clem_bridge import export, io, synthetic, transforms
 from clem_bridge.insilico import DEFAULT_MODEL
 from clem_bridge.result import load_transform_json
-from fiji_utils import jvm_missing, make_fiji_app, run_script
-from server_utils import running_server
+from fiji_utils import fiji_app_and_server, jvm_missing, make_fiji_app, run_script
 
 pytestmark = [pytest.mark.jvm, pytest.mark.slow,
               pytest.mark.skipif(jvm_missing() is not None, reason=str(jvm_missing()))]
 TOKEN = "s3cret-token"
 CHANNELS = ("reflected", "fluorescence")
+SIZE = (256, 256)
 
 
 def write_pair(folder, name, pair):
@@ -41,10 +41,10 @@ def write_pair(folder, name, pair):
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("fiji_server")
-    pair = synthetic.make_pair((256, 256), seed=3, lm_pixel_ratio=1.4)
+    pair = synthetic.make_pair(SIZE, seed=3, lm_pixel_ratio=1.4)
     em, lm = write_pair(root, "a", pair)
-    with running_server(root / "data", token=TOKEN) as url:
-        yield {"root": root, "app": make_fiji_app(root), "url": url, "pair": pair, "em": em, "lm": lm}
+    with fiji_app_and_server(root, token=TOKEN) as (app, url):
+        yield {"root": root, "app": app, "url": url, "pair": pair, "em": em, "lm": lm}
 
 
 def free_port():
@@ -92,7 +92,7 @@ def test_register_script_end_to_end(env):
     assert_warp_matches(out / "warped_channels.tif", env["lm"], f2m, env["em"].shape)
     assert io.read_image(out / "warped_channels.tif").pixel_size.x == pytest.approx(
         env["pair"].fixed_pixel_size.x, rel=1e-5)
-    assert tifffile.imread(out / "composite.tif").shape == (3, 256, 256)  # EM + 2 LM channels
+    assert tifffile.imread(out / "composite.tif").shape == (3, *SIZE)  # EM + 2 LM channels
     assert io.read_image(out / "composite.tif").pixel_size.x == pytest.approx(env["pair"].fixed_pixel_size.x, rel=1e-5)
 
     # transform files written in Fiji == Python's export of the same record == the server's artifacts
@@ -134,7 +134,7 @@ def test_batch_folder_with_reuse(env, tmp_path):
     folder.mkdir()
     for name in ("a_em.tif", "a_lm.tif"):
         (folder / name).write_bytes((env["root"] / name).read_bytes())
-    same_affine = synthetic.make_pair((256, 256), seed=5, fixed_to_moving=pair.fixed_to_moving,
+    same_affine = synthetic.make_pair(SIZE, seed=5, fixed_to_moving=pair.fixed_to_moving,
                                       moving_shape=env["lm"].shape[1:], lm_pixel_ratio=1.4)
     _, lm_b = write_pair(folder, "b", same_affine)
     (folder / "lonely_em.tif").write_bytes((env["root"] / "a_em.tif").read_bytes())
@@ -149,7 +149,7 @@ def test_batch_folder_with_reuse(env, tmp_path):
     assert float(rows[0]["mi"]) > 0 and rows[1]["mi"] == ""
     f2m_a = load_transform_json(out / "a" / "transform.json").fixed_to_moving
     np.testing.assert_allclose(load_transform_json(out / "b" / "transform.json").fixed_to_moving, f2m_a)
-    assert_warp_matches(out / "b" / "warped_channels.tif", lm_b[1:2], f2m_a, (256, 256))
+    assert_warp_matches(out / "b" / "warped_channels.tif", lm_b[1:2], f2m_a, SIZE)
 
 
 @pytest.mark.parametrize("script", ["Register_EM-LM.py", "Batch_Register_Folder.py", "CLEM_Server_Status.py",
@@ -195,22 +195,23 @@ def test_deepclem_end_to_end(env, tmp_path):
         resolve_model(DEFAULT_MODEL)
     except InputError as e:
         pytest.skip(f"the chromatin model is not in models/ ({e})")
-    pair, root = env["pair"], env["root"]
+    pair = synthetic.make_pair((160, 160), seed=3, lm_pixel_ratio=1.4)   # small: the model runs on the server
+    _, lm = write_pair(tmp_path, "s", pair)
     # RGB as DeepCLEM's example: chromatin in blue, red and green blank (a blank channel cannot be correlated,
     # so the run only succeeds when the command takes blue by default, like the CLI)
     rgb = np.zeros(pair.lm["chromatin"].shape + (3,), np.uint8)
     rgb[..., 2] = (pair.lm["chromatin"] * 255).round()
     tifffile.imwrite(tmp_path / "chromatin.tif", rgb, photometric="rgb")
     r = run_script(env["app"], "DeepCLEM_Correlate.py",
-                   f'em_file="{root / "a_em.tif"}",chromatin_file="{tmp_path / "chromatin.tif"}",'
-                   f'lm_file="{root / "a_lm.tif"}",channels="1",server_url="{env["url"]}",token="{TOKEN}",'
+                   f'em_file="{tmp_path / "s_em.tif"}",chromatin_file="{tmp_path / "chromatin.tif"}",'
+                   f'lm_file="{tmp_path / "s_lm.tif"}",channels="1",server_url="{env["url"]}",token="{TOKEN}",'
                    f'out_dir="{tmp_path / "out"}"')
     # the correlation's quality is test_correlate's; here: a finished run (exit 3 = status failed, files written)
     assert r.returncode == 0 or (r.returncode == 3 and "DeepCLEM correlation: status failed" in r.stdout), \
         r.stdout + r.stderr
     rec = load_transform_json(tmp_path / "out" / "transform.json")
     assert rec.params.get("model") == DEFAULT_MODEL
-    assert_warp_matches(tmp_path / "out" / "warped_channels.tif", env["lm"][1:2], rec.fixed_to_moving, (256, 256),
+    assert_warp_matches(tmp_path / "out" / "warped_channels.tif", lm[1:2], rec.fixed_to_moving, (160, 160),
                         min_valid=0.01)  # equality of the warps, whatever the correlation found
 
 
@@ -218,7 +219,7 @@ def test_register_script_logs_the_servers_warnings(env):
     """An LM that shares nothing with the EM still finishes, but the Fiji log says the result is doubtful."""
     root = env["root"] / "unrelated"
     root.mkdir()
-    other = synthetic.make_pair((256, 256), seed=99)
+    other = synthetic.make_pair(SIZE, seed=99)
     io.write_tiff(root / "em.tif", (env["pair"].em * 255).round().astype(np.uint8))
     io.write_tiff(root / "lm.tif", (other.lm["fluorescence"] * 60000).round().astype(np.uint16))
     r = run_script(env["app"], "Register_EM-LM.py",

@@ -6,6 +6,7 @@ from java.io import File
 from java.lang import System
 
 bindings, script = sys.argv[1], sys.argv[-2]  # argv: bindings.json [--headless --run] script args
+sys.dont_write_bytecode = False  # keep compiled library modules ($py.class) as Fiji's Jython does
 sys.path.insert(0, System.getProperty("imagej.dir") + "/jars/Lib")
 CONVERT = {"File": lambda v: File(v), "Integer": int, "int": int, "Long": int, "Double": float, "double": float,
            "Float": float, "Boolean": bool, "boolean": bool, "String": lambda v: v}
