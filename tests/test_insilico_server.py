@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
@@ -33,10 +34,14 @@ def png_bytes(rgb) -> bytes:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    """A live server with the models folder of a tiny model (trained while the server starts: it finds the
+    models when a job asks for one)."""
     models = tmp_path_factory.mktemp("models")
-    train_tiny(models / "tiny")
-    with running_server(tmp_path_factory.mktemp("srv") / "data", env={"CLEM_BRIDGE_MODELS": str(models)}) as url:
-        yield url
+    with ThreadPoolExecutor(1) as pool:
+        trained = pool.submit(train_tiny, models / "tiny")
+        with running_server(tmp_path_factory.mktemp("srv") / "data", env={"CLEM_BRIDGE_MODELS": str(models)}) as url:
+            trained.result()
+            yield url
 
 
 def test_predict_job(server):
