@@ -66,11 +66,16 @@ def matrices(out: Path, names) -> dict:
     ("em,lm,em\nx,y,z\n", "repeated column"),
 ])
 def test_unparseable_manifest_is_error_exit_2(tmp_path, text, says):
+    """In process (a subprocess per case costs seconds of imports; test_pair_glob runs the real command)."""
+    from typer.testing import CliRunner
+
+    from clem_bridge.cli import app
     m = tmp_path / "m.csv"
     m.write_text(text)
-    r = cli("batch", m, "--out", tmp_path / "out")
-    assert r.returncode == 2, r.stderr
+    r = CliRunner().invoke(app, ["batch", str(m), "--out", str(tmp_path / "out")])
+    assert r.exit_code == 2, r.stderr
     assert r.stderr.startswith("error: ") and says in r.stderr and "Traceback" not in r.stderr
+    assert r.exception is None or isinstance(r.exception, SystemExit)
 
 
 def test_bad_rows_say_why_and_the_batch_reports_them(pairs, tmp_path):
