@@ -15,6 +15,14 @@ def phantom(tmp_path_factory):
     return pair, em, lm, d
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _fiji_template_folder(tmp_path_factory):
+    """tests/fiji_utils builds its template Fiji.app once per run: in the folder that pytest-xdist's workers share."""
+    base = tmp_path_factory.getbasetemp()
+    os.environ["CLEM_TEST_FIJI_CACHE"] = str((base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base)
+                                             / "fiji-template")
+
+
 def pytest_configure(config):
     """Under pytest-xdist (``scripts/test.sh`` runs one worker per core) each worker and the processes it
     starts get their share of the cores, so parallel workers do not oversubscribe the CPU."""

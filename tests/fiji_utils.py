@@ -9,7 +9,7 @@ headless one (``--headless --run <script> <args>``), so the scripts use exit cod
 leaves that out, as when a host (PyImageJ, a running Fiji) runs the script: the runner then prints
 ``HOST_STILL_RUNNING`` after the script, which only happens if the script did not end the JVM.
 
-Start-up costs are paid once per test process: the first :func:`make_fiji_app` installs a template
+Start-up costs are paid once per test run: the first :func:`make_fiji_app` installs a template
 Fiji.app and runs one JVM in it that compiles the Jython library (``$py.class`` next to the modules, as
 Fiji's Jython keeps them) and the Groovy helpers (``.class`` next to ``ClemBridgeFiji.groovy``, which the
 Groovy commands' GroovyClassLoader then loads instead of compiling the same source again), and saves the
@@ -88,25 +88,39 @@ def fiji_app_and_server(root: Path, **server_kw) -> Iterator[tuple[Path, str]]:
 
 
 def _template_app() -> Path:
-    """This process's installed Fiji.app with the Jython library compiled, and the JVMs' class archive."""
+    """The installed Fiji.app with the Jython library and Groovy helpers compiled, and the JVMs' class archive:
+    built once in ``$CLEM_TEST_FIJI_CACHE`` (conftest: one folder for all xdist workers of a run), else in a
+    temporary folder of this process."""
     if "app" not in _session:
-        work = Path(tempfile.mkdtemp(prefix="clem-bridge-fiji-"))
-        atexit.register(shutil.rmtree, work, True)
-        app = work / "Fiji.app"
-        (app / "jars").mkdir(parents=True)
-        (app / "jars" / "ij-1.52i.jar").symlink_to(JARS["ij"])
-        (app / "ImageJ-linux64").write_text("#!/bin/sh\n")
-        fiji_install.install(app)
-        archive = work / "jvm-classes.jsa"
-        code = WARM_UP % {"lib": str(app / "jars" / "Lib")}
-        r = subprocess.run(["java", *FAST_START, f"-XX:ArchiveClassesAtExit={archive}", "-Djava.awt.headless=true",
-                            "-cp", CLASSPATH, "org.python.util.jython", "-c", code], capture_output=True, text=True,
-                           timeout=300)
-        assert r.returncode == 0, r.stdout + r.stderr
+        import fcntl
+        shared = os.environ.get("CLEM_TEST_FIJI_CACHE")
+        work = Path(shared) if shared else Path(tempfile.mkdtemp(prefix="clem-bridge-fiji-"))
+        if not shared:
+            atexit.register(shutil.rmtree, work, True)
+        work.mkdir(parents=True, exist_ok=True)
+        app, archive = work / "Fiji.app", work / "jvm-classes.jsa"
+        with open(work / "lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)           # another worker may be building it
+            if not (work / "ready").is_file():
+                _build_template(app, archive)
+                (work / "ready").write_text("")
         if archive.is_file():
             _session["archive"] = archive
         _session["app"] = app
     return _session["app"]
+
+
+def _build_template(app: Path, archive: Path) -> None:
+    shutil.rmtree(app, ignore_errors=True)
+    (app / "jars").mkdir(parents=True)
+    (app / "jars" / "ij-1.52i.jar").symlink_to(JARS["ij"])
+    (app / "ImageJ-linux64").write_text("#!/bin/sh\n")
+    fiji_install.install(app)
+    code = WARM_UP % {"lib": str(app / "jars" / "Lib")}
+    r = subprocess.run(["java", *FAST_START, f"-XX:ArchiveClassesAtExit={archive}", "-Djava.awt.headless=true",
+                        "-cp", CLASSPATH, "org.python.util.jython", "-c", code], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def _java(*args: str) -> list[str]:
