@@ -30,9 +30,9 @@ from .schema import PixelSize
 JARS = {"ij": "/usr/share/java/ij.jar", "jython": "/usr/share/java/jython.jar",
         "groovy": "/usr/share/java/groovy-all.jar"}
 # JVM start-up flags of the ij1 backend (C1 compiler only, serial GC): our scripts are short, and these halve
-# the JVM's start-up and first-script CPU time (a 2048² warp: first call 2.3 s → 0.4 s, later calls 0.19 → 0.34 s,
-# benchmarks/bench_fiji_warp.py).  Each is left out when an option of its kind (the pattern) was set beforehand
-# with ``scyjava.config.add_option``.
+# the JVM's start-up and first-script CPU time (benchmarks/bench_fiji_warp.py run with them, 2048² Groovy warp on
+# 2 busy cores: first call 1.3-2.3 s → 0.4 s, repeated calls 0.19-0.23 → 0.34 s).  Each is left out when an
+# option of its kind (the pattern) was set beforehand with ``scyjava.config.add_option``.
 FAST_START = {"-XX:TieredStopAtLevel=1": r"Tiered", "-XX:+UseSerialGC": r"-XX:\+Use\w+GC\b"}
 _state: dict[str, Any] = {}
 
