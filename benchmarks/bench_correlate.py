@@ -191,9 +191,10 @@ def main() -> None:
     if not args.shipped and not all((args.loo_models / f"fold{i}" / "weights.pt").is_file() for i in range(len(pairs))):
         leave_one_out(pairs, LOO_CONFIG, save_dir=args.loo_models)
     picked = [int(i) for i in args.pairs.split(",") if i] or list(range(len(pairs)))
-    result = {"machine": "CPU", "load_average_start": [round(v, 2) for v in os.getloadavg()], "models": "shipped " + DEFAULT_MODEL if args.shipped else
-              f"leave-one-out ({LOO_CONFIG})", "pairs": [files[i][0].name for i in picked],
-              "cases_per_pair": args.cases, "per_pair": [], "cases": []}
+    models = ("shipped " + DEFAULT_MODEL if args.shipped else
+              f"leave-one-out models in {args.loo_models} (training settings per pair under per_pair/model)")
+    result = {"machine": "CPU", "load_average_start": [round(v, 2) for v in os.getloadavg()], "models": models,
+              "pairs": [files[i][0].name for i in picked], "cases_per_pair": args.cases, "per_pair": [], "cases": []}
     for i in picked:
         em, chrom = pairs[i]
         model = load_model(DEFAULT_MODEL if args.shipped else args.loo_models / f"fold{i}", device="cpu")

@@ -1,6 +1,8 @@
 """Chromatin-to-chromatin correlation: global search + ECC recovers known affines (TRE in moving pixels)."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import cv2
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from clem_bridge.insilico.correlate import (MIN_MARGIN, SearchParams, choose_hyp
                                            register_chromatin, scale_prior)
 from clem_bridge.insilico.normalize import correlation_input
 from clem_bridge.insilico.refine import blur, refine_pyramid, refine_similarity
-from clem_bridge.insilico.search import Hypothesis, binned
+from clem_bridge.insilico.search import Hypothesis, binned, coarse_hypotheses
 from clem_bridge.insilico.score import ncc, overlap_score
 from clem_bridge.io import convert_length, normalize_unit
 from clem_bridge.schema import PixelSize
@@ -21,6 +23,8 @@ from clem_bridge.insilico.nuclei import MIN_BLOBS, NUCLEI_MAX_SHIFT, count_blobs
 from clem_bridge.io import read_image
 
 SHAPE = (256, 256)
+# rotation searched ±30° (the cases turn by ≤ 18°) where the test is about a later stage, not the global search
+LOCAL = SearchParams(max_rotation=30.0)
 
 
 def case(rotation, scale, moving_shape, seed, shift=(9.0, -6.0), lm_pixel_ratio=1.0):
@@ -32,17 +36,18 @@ def case(rotation, scale, moving_shape, seed, shift=(9.0, -6.0), lm_pixel_ratio=
     return pair, pred, f2m
 
 
-@pytest.mark.parametrize("rotation,scale,moving_shape", [
-    (28.0, 1.0, (256, 256)),
-    (-30.0, 0.8, (230, 300)),      # smaller, wider LM canvas
-    (12.0, 1.25, (352, 330)),      # larger LM canvas
-    (-8.0, (1.06, 0.95), (256, 256)),   # anisotropic scale: model="affine" (ECC)
-    (20.0, 0.9, (480, 440)),       # LM field of view ~3x the EM's (DeepCLEM's example situation)
+@pytest.mark.parametrize("rotation,scale,moving_shape,max_rotation", [
+    (28.0, 1.0, (256, 256), 180.0),
+    (-30.0, 0.8, (230, 300), 180.0),      # smaller, wider LM canvas
+    (12.0, 1.25, (352, 330), 45.0),       # larger LM canvas
+    (-8.0, (1.06, 0.95), (256, 256), 45.0),   # anisotropic scale: model="affine" (ECC)
+    (20.0, 0.9, (480, 440), 45.0),        # LM field of view ~3x the EM's (DeepCLEM's example situation)
 ])
-def test_recovers_known_affine(rotation, scale, moving_shape):
+def test_recovers_known_affine(rotation, scale, moving_shape, max_rotation):
+    """Global search (rotation ±``max_rotation``, scale 0.5–2, translation over the whole LM canvas)."""
     pair, pred, f2m = case(rotation, scale, moving_shape, seed=11)
     model = "similarity" if np.isscalar(scale) else "affine"
-    reg = register_chromatin(pred, pair.lm["chromatin"], params=SearchParams(model=model))
+    reg = register_chromatin(pred, pair.lm["chromatin"], params=SearchParams(model=model, max_rotation=max_rotation))
     err = T.tre(reg.fixed_to_moving, f2m, SHAPE)
     assert err < 1.5, f"TRE {err:.2f} px, metrics {reg.metrics}"
     assert reg.metrics["ncc"] > 0.8
@@ -53,7 +58,7 @@ def test_pixel_sizes_set_the_scale_prior():
     """LM pixels twice the EM pixels: the scale (0.5) lies outside a unit-centred ±25 % search but is found."""
     pair, pred, f2m = case(-15.0, 0.5, (160, 150), seed=12, shift=(3.0, 2.0), lm_pixel_ratio=2.0)
     reg = register_chromatin(pred, pair.lm["chromatin"], fixed_pixel_size=pair.fixed_pixel_size,
-                             moving_pixel_size=pair.moving_pixel_size)
+                             moving_pixel_size=pair.moving_pixel_size, params=LOCAL)
     assert reg.params["scale_prior"] == pytest.approx(0.5)
     assert T.tre(reg.fixed_to_moving, f2m, SHAPE) < 1.5
 
@@ -65,8 +70,8 @@ def test_pixel_sizes_fix_a_poorly_fitted_scale():
     zoomed = T.warp_image(pred, T.from_params(scale=1 / 1.03, center=T.center_of(SHAPE)), SHAPE,
                           fill=float(np.median(pred)))
     sizes = dict(fixed_pixel_size=pair.fixed_pixel_size, moving_pixel_size=pair.moving_pixel_size)
-    free = register_chromatin(zoomed, pair.lm["chromatin"], params=SearchParams(scale_from_pixel_size=False), **sizes)
-    snapped = register_chromatin(zoomed, pair.lm["chromatin"], **sizes)
+    free = register_chromatin(zoomed, pair.lm["chromatin"], params=replace(LOCAL, scale_from_pixel_size=False), **sizes)
+    snapped = register_chromatin(zoomed, pair.lm["chromatin"], params=LOCAL, **sizes)
     assert not free.params["scale_fixed"] and T.tre(free.fixed_to_moving, f2m, SHAPE) > 1.5
     assert snapped.params["scale_fixed"] and snapped.metrics["fitted_scale"] == pytest.approx(0.5 / 1.03, rel=0.01)
     assert np.sqrt(np.linalg.det(snapped.fixed_to_moving[:2, :2])) == pytest.approx(0.5, rel=1e-9)
@@ -77,7 +82,7 @@ def test_wrong_calibration_keeps_the_fitted_scale_and_warns():
     """Pixel sizes say equal, the LM is really 10 % coarser: the fit is kept and the user is told."""
     pair, pred, f2m = case(10.0, 1.1, (288, 272), seed=5)
     reg = register_chromatin(pred, pair.lm["chromatin"], fixed_pixel_size=pair.fixed_pixel_size,
-                             moving_pixel_size=pair.moving_pixel_size)
+                             moving_pixel_size=pair.moving_pixel_size, params=LOCAL)
     assert T.tre(reg.fixed_to_moving, f2m, SHAPE) < 1.5 and not reg.params["scale_fixed"]
     assert reg.metrics["fitted_scale"] == pytest.approx(1.1, rel=0.01)
     assert any("pixel sizes' ratio" in w and "calibration" in w for w in reg.warnings), reg.warnings
@@ -91,11 +96,11 @@ def test_few_nuclei_in_view_warn():
     assert count_blobs(blobs, np.ones(blobs.shape, bool)) == 5
     assert count_blobs(blobs, np.zeros(blobs.shape, bool)) == 0
     pair, pred, f2m = case(5.0, 1.0, (256, 256), seed=11)
-    reg = register_chromatin(pred, pair.lm["chromatin"])
+    reg = register_chromatin(pred, pair.lm["chromatin"], params=LOCAL)
     assert reg.metrics["chromatin_blobs"] >= MIN_BLOBS and not reg.warnings
     big = S.make_pair(SHAPE, fixed_to_moving=f2m, moving_shape=(256, 256), seed=3, cell_diameter=150.0)
     few = cv2.GaussianBlur(0.04 + 0.12 * big.masks["nucleus"] + 0.85 * big.masks["heterochromatin"], (0, 0), 1.5)
-    reg = register_chromatin(few, big.lm["chromatin"])
+    reg = register_chromatin(few, big.lm["chromatin"], params=LOCAL)
     assert reg.metrics["chromatin_blobs"] < MIN_BLOBS
     assert any("stained nucle" in w and "poorly constrained" in w for w in reg.warnings), reg.warnings
 
@@ -106,20 +111,20 @@ def biased_prediction(pred, dx=3.0, dy=-2.0, rotation=0.6):
     return T.warp_image(pred, bias, pred.shape, fill=float(np.median(pred)))
 
 
-@pytest.mark.parametrize("invert", [False, True])
-def test_heterochromatin_refinement_removes_a_prediction_bias(invert):
+def test_heterochromatin_refinement_removes_a_prediction_bias():
     """EM heterochromatin is dark (or, inverted, bright): the final stage on the EM itself removes a 3-4 px bias."""
     pair, pred, f2m = case(18.0, 1.1, (280, 270), seed=14)
-    biased = biased_prediction(pred)
-    em = 1.0 - pair.em if invert else pair.em
-    plain = register_chromatin(biased, pair.lm["chromatin"])
-    refined = register_chromatin(biased, pair.lm["chromatin"], em=em)
+    biased, params = biased_prediction(pred), SearchParams(max_rotation=30.0)
+    off = replace(params, nuclei_refinement=False)
+    plain = register_chromatin(biased, pair.lm["chromatin"], em=pair.em, params=off)
     assert T.tre(plain.fixed_to_moving, f2m, SHAPE) > 2.5           # the bias survives the correlation
+    refined = register_chromatin(biased, pair.lm["chromatin"], em=pair.em, params=params)
     assert T.tre(refined.fixed_to_moving, f2m, SHAPE) < 0.8, refined.metrics
     assert refined.metrics["nuclei_applied"] == 1.0 and refined.metrics["nuclei_ncc"] > 0.5
     assert refined.metrics["nuclei_shift_px"] > 2.5 and not refined.warnings
-    off = register_chromatin(biased, pair.lm["chromatin"], em=em, params=SearchParams(nuclei_refinement=False))
-    assert np.allclose(off.fixed_to_moving, plain.fixed_to_moving)
+    assert np.allclose(refined.metrics["coarse_score"], plain.metrics["coarse_score"])   # same search, then the stage
+    inverted, metrics, warning = refine_nuclei(1.0 - pair.em, pair.lm["chromatin"], plain.fixed_to_moving)
+    assert T.tre(inverted, f2m, SHAPE) < 0.8 and metrics["nuclei_applied"] == 1.0 and warning is None
 
 
 def test_heterochromatin_refinement_sees_the_unsaturated_chromatin():
@@ -234,7 +239,8 @@ def test_nm_em_and_um_chromatin_give_the_scale_prior():
     fx = convert_length(pair.fixed_pixel_size.x, normalize_unit(pair.fixed_pixel_size.unit), "nm")
     mx = convert_length(pair.moving_pixel_size.x, normalize_unit(pair.moving_pixel_size.unit), "um")
     em_nm, lm_um = PixelSize(x=fx, y=fx, unit="nm"), PixelSize(x=mx, y=mx, unit="µm")
-    reg = register_chromatin(pred, pair.lm["chromatin"], fixed_pixel_size=em_nm, moving_pixel_size=lm_um)
+    reg = register_chromatin(pred, pair.lm["chromatin"], fixed_pixel_size=em_nm, moving_pixel_size=lm_um,
+                             params=LOCAL)
     assert reg.params["scale_prior"] == pytest.approx(0.5) and reg.params["scale_fixed"]
     assert T.tre(reg.fixed_to_moving, f2m, SHAPE) < 1.5
     assert scale_prior(PixelSize(x=5.0, y=5.0, unit="nm"), PixelSize(x=0.1, y=0.1, unit="um")) == pytest.approx(0.05)
@@ -261,3 +267,34 @@ def test_nothing_in_common_fails():
     other = S.make_pair(SHAPE, seed=99, cell_diameter=150.0)
     reg = register_chromatin(pred, other.lm["chromatin"], em=pair.em, params=SearchParams(max_rotation=20))
     assert reg.outcome == "failed" and any("edge of the searched range" in w for w in reg.warnings), reg.warnings
+
+
+def test_the_coarse_search_scores_every_scale_at_the_same_resolution():
+    """A textured chromatin image (SIM puncta) and a smooth, imperfect prediction (false positives).  Binned
+    once and magnified for small scales, the chromatin looks smoother at half scale than at the true one, and
+    the coarse stage kept only half-scale poses (s8 with a leave-one-out model: the true pose never reached the
+    refinement).  Binned to the working pixel size per scale, the true pose comes first."""
+    shape = (384, 384)
+    f2m = S.centred_affine(shape, shape, rotation_deg=15.0, scale=1.05, translation=(23.0, -19.0))
+    pair = S.make_pair(shape, fixed_to_moving=f2m, moving_shape=shape, seed=2, cell_diameter=64.0)
+    rng = np.random.default_rng(2)
+    m = pair.masks
+    spots = cv2.GaussianBlur(rng.random(shape).astype(np.float32), (0, 0), 9.6)
+    false = (spots > np.percentile(spots, 90)).astype(np.float32) * 0.4       # false positives of the network
+    pred = cv2.GaussianBlur(0.12 * m["nucleus"] + 0.85 * m["heterochromatin"] + false, (0, 0), 3.0)
+    textured = pair.lm["chromatin"] * (1 + 1.5 * rng.standard_normal(shape))
+    best = coarse_hypotheses(correlation_input(pred), correlation_input(textured.astype(np.float32)),
+                             SearchParams(hypotheses=4))[0]
+    assert T.scale_of(best.matrix) == pytest.approx(1.05, abs=0.03) and T.tre(best.matrix, f2m, shape) < 8.0
+
+
+def test_refinements_stay_inside_the_searched_scale_range():
+    """The optimum lies below the searched range (scale 0.8 vs 0.88–1.2): the refinement stops at its edge
+    instead of leaving it (a calibrated s7 case walked from 0.76 to 0.655, far outside 0.76–1.19)."""
+    pair, pred, f2m = case(0.0, 0.8, SHAPE, seed=11, shift=(0.0, 0.0))
+    fixed, moving = correlation_input(pred), correlation_input(pair.lm["chromatin"])
+    start = f2m @ T.from_params(scale=1.12, center=T.center_of(SHAPE))
+    free, _ = refine_pyramid(fixed, moving, start, [128])
+    bounded, _ = refine_pyramid(fixed, moving, start, [128], scale_range=(0.88, 1.2))
+    assert T.scale_of(free) == pytest.approx(0.8, abs=0.02)
+    assert 0.88 - 1e-6 <= T.scale_of(bounded) < 0.9

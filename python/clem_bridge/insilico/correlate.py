@@ -2,8 +2,8 @@
 
 1. Global search (:mod:`.search`): several distinct rotation/scale/translation hypotheses.
 2. Each hypothesis is refined at half the refinement size (:mod:`.refine`, similarity maximising
-   :func:`.score.overlap_score`); duplicates merge, the best by that score wins and is refined at the full
-   refinement size.  The margin to the best *distinct* runner-up says how sure the choice is.
+   :func:`.score.overlap_score`, scale confined to the searched range like every later stage); duplicates
+   merge, the best by that score wins and is refined at the full refinement size.  The margin to the best *distinct* runner-up says how sure the choice is.
 3. With both images calibrated, the scale is snapped to the pixel sizes' ratio (units converted) when the
    fit is within ``SCALE_SNAP`` of it; with ``model="affine"`` affine ECC follows (kept only if it scores
    better).
@@ -101,8 +101,10 @@ def outcome(score: float, margin: Optional[float], blobs: int, overlap: float,
 
 
 def choose_hypothesis(fixed: np.ndarray, moving: np.ndarray, hyps: list[Hypothesis], size: int,
-                      check_cancel=None) -> tuple[Hypothesis, Optional[float], int]:
-    """Refine every hypothesis at working size ``size`` and keep the best by :func:`.score.overlap_score`.
+                      check_cancel=None, scale_range: Optional[tuple[float, float]] = None
+                      ) -> tuple[Hypothesis, Optional[float], int]:
+    """Refine every hypothesis at working size ``size`` (scale confined to ``scale_range``, the searched
+    range) and keep the best by :func:`.score.overlap_score`.
 
     Returns (best, margin, distinct count): refined hypotheses that converge together count once; the
     margin is the relative score difference to the best distinct runner-up (None when there is none).
@@ -112,7 +114,7 @@ def choose_hypothesis(fixed: np.ndarray, moving: np.ndarray, hyps: list[Hypothes
     for h in hyps:
         if check_cancel:
             check_cancel()
-        m, s = refine_pyramid(fixed, moving, h.matrix, [size])
+        m, s = refine_pyramid(fixed, moving, h.matrix, [size], scale_range=scale_range)
         refined.append(Hypothesis(m, s, h.angle, h.scale))
     refined = distinct(refined, fixed.shape, len(refined))
     best = refined[0]
@@ -162,11 +164,12 @@ def register_chromatin(predicted: np.ndarray, chromatin: np.ndarray, *, params: 
     t1 = time.perf_counter()
     report("refinement", 0.5)
     half, full = params.refine_size // 2, params.refine_size
-    best, margin, n_distinct = choose_hypothesis(fixed, moving, hyps, half, check_cancel)
+    lo, hi = (prior or 1.0) * params.scale_range[0], (prior or 1.0) * params.scale_range[1]
+    best, margin, n_distinct = choose_hypothesis(fixed, moving, hyps, half, check_cancel, (lo, hi))
     check_cancel()
     m, score = best.matrix, best.score
     if min(1.0, full / max(fixed.shape)) > min(1.0, half / max(fixed.shape)):   # else already refined at that size
-        m, score = refine_pyramid(fixed, moving, best.matrix, [full])
+        m, score = refine_pyramid(fixed, moving, best.matrix, [full], scale_range=(lo, hi))
     f = min(1.0, full / max(fixed.shape))
     (fw, bf), (mw, bm) = binned(fixed, f), binned(moving, f)
     fs, ms = blur(fw, 1.0), blur(mw, 1.0)
@@ -188,7 +191,7 @@ def register_chromatin(predicted: np.ndarray, chromatin: np.ndarray, *, params: 
     if em is not None and params.nuclei_refinement:
         check_cancel()
         report("heterochromatin refinement", 0.9)
-        nm, extra, warning = refine_nuclei(em, measured, m, fix_scale=fix_scale)
+        nm, extra, warning = refine_nuclei(em, measured, m, fix_scale=fix_scale, scale_range=(lo, hi))
         warnings += [warning] if warning else []
         if extra["nuclei_applied"]:
             m, score = nm, overlap_score(fs, ms, on_level(nm))
@@ -197,7 +200,6 @@ def register_chromatin(predicted: np.ndarray, chromatin: np.ndarray, *, params: 
     q = ncc(fixed, warped[0], valid) if valid.sum() > 16 else 0.0
     blobs = count_blobs(warped[0], valid)
     contrast = nuclei_contrast(em, measured, m) if em is not None else None
-    lo, hi = (prior or 1.0) * params.scale_range[0], (prior or 1.0) * params.scale_range[1]
     edge = None
     if not lo * EDGE < T.scale_of(m) < hi / EDGE:
         edge = (f"the fitted scale {T.scale_of(m):.3f} lies at the edge of the searched range {lo:.3f}–{hi:.3f}: "

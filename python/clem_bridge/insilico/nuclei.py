@@ -62,10 +62,12 @@ def nuclei_contrast(em: np.ndarray, chromatin: np.ndarray, fixed_to_moving: np.n
 
 
 def refine_nuclei(em: np.ndarray, chromatin: np.ndarray, init: np.ndarray, *, size: int = 1024,
-                  sigma: float = 2.0, fix_scale: bool = False) -> tuple[np.ndarray, dict, Optional[str]]:
+                  sigma: float = 2.0, fix_scale: bool = False,
+                  scale_range: Optional[tuple[float, float]] = None) -> tuple[np.ndarray, dict, Optional[str]]:
     """Heterochromatin refinement of ``init`` (EM px → chromatin px) on the EM itself.
 
-    Similarity correction (rigid with ``fix_scale``) at most ``size`` pixels on the long side.
+    Similarity correction (rigid with ``fix_scale``; scale within ``scale_range``, the searched range, when
+    given) at most ``size`` pixels on the long side.
     Returns (matrix, metrics, warning or None); the stage keeps ``init`` when the EM shows no chromatin
     contrast (|NCC| < ``NUCLEI_MIN_NCC``) or when the change would exceed ``NUCLEI_MAX_SHIFT``.
     """
@@ -77,7 +79,10 @@ def refine_nuclei(em: np.ndarray, chromatin: np.ndarray, init: np.ndarray, *, si
     metrics["nuclei_ncc"] = abs(start)
     if abs(start) < NUCLEI_MIN_NCC:
         return init, metrics, None
-    m, score = refine_similarity(np.sign(start) * ew, cw, m0, sigma=sigma, mask=mask, fix_scale=fix_scale)
+    s0 = T.scale_of(init)
+    factors = None if scale_range is None else (scale_range[0] / s0, scale_range[1] / s0)
+    m, score = refine_similarity(np.sign(start) * ew, cw, m0, sigma=sigma, mask=mask, fix_scale=fix_scale,
+                                 scale_factors=factors)
     out = bc @ m @ np.linalg.inv(be)
     shift = T.tre(out, init, em.shape)
     metrics.update(nuclei_ncc=score, nuclei_shift_px=shift)

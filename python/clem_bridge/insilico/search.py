@@ -1,7 +1,8 @@
 """Global rotation/scale/translation search of the predicted chromatin (fixed) in the measured one (moving).
 
-Both images are binned to a working size; for every rotation and scale on a grid the prediction is rotated
-and scaled into the moving frame and slid over the zero-padded chromatin with ``cv2.matchTemplate``
+Both images are binned to a working size (the moving one for each scale, so that every scale is scored at
+the same resolution); for every rotation and scale on a grid the prediction is rotated and scaled into the
+moving frame and slid over the zero-padded chromatin with ``cv2.matchTemplate``
 (normalised cross-correlation by FFT), which gives the translation and allows partial overlap (different
 fields of view).  Each (rotation, scale) contributes its best few translation peaks.  The best candidates
 are searched again on a finer grid at a finer working size, and :func:`coarse_hypotheses` returns several
@@ -93,7 +94,8 @@ def _match(fixed: np.ndarray, moving: np.ndarray, lin: np.ndarray, peaks: int = 
     res[~np.isfinite(res)] = -1.0
     inside = cv2.warpAffine(np.ones_like(moving), a, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                             borderValue=0.0)
-    covered = cv2.matchTemplate(inside, np.ones_like(fixed), cv2.TM_CCORR) / float(fixed.size)
+    ii = cv2.integral(inside, sdepth=cv2.CV_64F)   # coverage of every template window by box sums
+    covered = (ii[h:, w:] - ii[:-h, w:] - ii[h:, :-w] + ii[:-h, :-w]) / float(fixed.size)
     res = weighted(res, covered)
     floor = 1e-2 * float(moving.std())
     ry, rx = max(2, h // 4), max(2, w // 4)
@@ -121,14 +123,24 @@ def _lin(angle: float, scale: float) -> np.ndarray:
     return scale * np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
 
 
-def _grid_search(fixed, moving, angles, scales, prior: np.ndarray, cancelled=None) -> list[Hypothesis]:
-    """Score every (angle, scale) → hypotheses in these images' pixels."""
-    out = []
-    for a in angles:
+def _grid_search(fixed_w: np.ndarray, bf: np.ndarray, moving: np.ndarray, f: float, angles, scales,
+                 prior_scale: float, cancelled=None) -> list[Hypothesis]:
+    """Score every (angle, scale) of the binned fixed image ``fixed_w`` (``bf``: binned → full pixels, binning
+    ``f``) against ``moving`` (full pixels) → hypotheses in full pixels.
+
+    For each scale the moving image is binned to the fixed working pixel size (by ``f / (prior_scale·scale)``),
+    so the warp into the template frame is a pure rotation and every scale is scored at the same resolution.
+    Binning once and magnifying by ``1/scale`` instead makes small scales smoother: fewer independent pixels
+    under the template, a higher chance NCC, and a coarse stage that prefers half scale to the true pose."""
+    out, to_binned = [], np.linalg.inv(bf)
+    for s in scales:
         if cancelled is not None and cancelled():
             raise Cancelled("correlation was cancelled")
-        for s in scales:
-            out += [Hypothesis(m, score, float(a), float(s)) for score, m in _match(fixed, moving, _lin(a, s) @ prior)]
+        mw, bm = binned(moving, min(1.0, f / (prior_scale * s)))
+        prior = np.linalg.inv(bm[:2, :2]) @ (prior_scale * bf[:2, :2])
+        for a in angles:
+            out += [Hypothesis(bm @ m @ to_binned, score, float(a), float(s))
+                    for score, m in _match(fixed_w, mw, _lin(a, s) @ prior)]
     return out
 
 
@@ -143,8 +155,9 @@ def distinct(hyps: list[Hypothesis], shape, limit: int) -> list[Hypothesis]:
     """The best ``limit`` hypotheses (by score) that differ by more than ``DISTINCT`` of the long side of
     ``shape`` (the grid ``matrix`` maps from)."""
     keep: list[Hypothesis] = []
+    step = max(4, max(shape) // 16)   # about 16 × 12 grid points at any size
     for h in sorted(hyps, key=lambda r: -r.score):
-        if all(T.tre(h.matrix, k.matrix, shape, step=16) > DISTINCT * max(shape) for k in keep):
+        if all(T.tre(h.matrix, k.matrix, shape, step=step) > DISTINCT * max(shape) for k in keep):
             keep.append(h)
         if len(keep) >= limit:
             break
@@ -160,29 +173,26 @@ def coarse_hypotheses(fixed: np.ndarray, moving: np.ndarray, params: SearchParam
     """
     best: list[Hypothesis] = []
     lo, hi = params.scale_range
-    # the fixed image sets the working size; the moving one is binned to the same physical pixel size
+    # the fixed image sets the working size; the moving one is binned to it at each scale (_grid_search)
     stages = [(params.coarse_size, params.coarse_angle_step, params.coarse_scale_step, None),
               (params.fine_size, params.coarse_angle_step / 4, params.coarse_scale_step / 4, params.candidates)]
     for size, astep, sstep, keep in stages:
         f = min(1.0, size / max(fixed.shape))
         fw, bf = binned(fixed, f)
-        mw, bm = binned(moving, min(1.0, f / prior_scale))
-        prior = np.linalg.inv(bm[:2, :2]) @ (prior_scale * bf[:2, :2])
         if keep is None:
             n = max(1, int(np.ceil(np.log(hi / lo) / np.log1p(sstep))))
             scales = np.geomspace(lo, hi, n + 1)
-            found = _grid_search(fw, mw, _angles(0.0, params.max_rotation, astep), scales, prior, cancelled)
+            found = _grid_search(fw, bf, moving, f, _angles(0.0, params.max_rotation, astep), scales, prior_scale,
+                                 cancelled)
         else:
             found = []
             for h in best[:keep]:
                 angles = _angles(h.angle, 2 * astep, astep)
                 scales = h.scale * np.exp(np.log1p(sstep) * np.arange(-2, 3))
-                found += _grid_search(fw, mw, angles, scales, prior, cancelled)
+                found += _grid_search(fw, bf, moving, f, angles, scales, prior_scale, cancelled)
         if not found:
             raise InputError("the chromatin image is too small for this EM field of view at the searched scales")
-        best = distinct(found, fw.shape, max(params.candidates, params.hypotheses))
-    for h in best:
-        h.matrix = T.compose(bm, h.matrix, np.linalg.inv(bf))
+        best = distinct(found, fixed.shape, max(params.candidates, params.hypotheses))
     return best[:params.hypotheses]
 
 
