@@ -44,6 +44,12 @@ def test_tokens_are_passwords_that_fiji_never_stores():
         assert p["attrs"].get("style") == "password" and p["attrs"].get("persist") is False, p
 
 
+def test_fast_start_flags_yield_to_the_users_options():
+    assert fiji.fast_start_options(["-Djava.awt.headless=true"]) == list(fiji.FAST_START)
+    assert fiji.fast_start_options(["-XX:+UseG1GC", "-XX:-TieredCompilation"]) == []
+    assert fiji.fast_start_options(["-XX:+UseParallelGC"]) == ["-XX:TieredStopAtLevel=1"]
+
+
 def test_parameter_forms():
     text = ('#@ String (label="URL", value="http://x:1") url\n#@File(style="directory") out\n'
             '#@output ImagePlus warped\n#@ String (choices={"a", "b"}, value="b") pick\n#@script(name="x")\n')

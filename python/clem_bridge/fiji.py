@@ -152,12 +152,17 @@ def start(fiji_dir: Optional[str] = None) -> str:
     scyjava.config.set_java_constraints(fetch="never")
     scyjava.config.add_classpath(*JARS.values())
     scyjava.config.add_option("-Djava.awt.headless=true")
-    given = " ".join(scyjava.config.get_options())
-    scyjava.config.add_options([o for o, same_kind in FAST_START.items() if not re.search(same_kind, given)])
+    scyjava.config.add_options(fast_start_options(scyjava.config.get_options()))
     scyjava.start_jvm()
     scyjava.jimport("java.lang.System").setProperty("clem_bridge.raise", "true")
     _state["backend"] = "ij1"
     return "ij1"
+
+
+def fast_start_options(given: list[str]) -> list[str]:
+    """The :data:`FAST_START` flags that do not clash with the JVM options already ``given``."""
+    text = " ".join(given)
+    return [o for o, same_kind in FAST_START.items() if not re.search(same_kind, text)]
 
 
 def to_imageplus(array, pixel_size: Optional[PixelSize] = None, title: str = "image"):
