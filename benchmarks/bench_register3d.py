@@ -14,12 +14,13 @@ Wall and CPU seconds and the load average are recorded (the 2-core CI box is sha
 
 Results (benchmarks/results/bench_register3d-2core-cpu.json, 1 torch thread, load average 5-6 on 2 cores):
 accuracy 8/8 within target for MINE (median 0.19 EM voxel lateral, 0.07 LM slice axial, 7.1 CPU s) and 8/8
-for classical MI (0.18 / 0.06, 10.5 CPU s), 0 silent failures.  Case 7 (mirrored and z-reversed, 1:8,
+for classical MI (0.18 / 0.06, 9.6 CPU s), 0 silent failures.  Case 7 (mirrored and z-reversed, 1:8,
 scale 0.96) was missed by both (reported ``uncertain``) while the pre-alignment ranked (EM plane, LM slice)
-pairs one at a time; EM planes one LM z-step apart matched together (volume/stack_search.py) find it
-(0.22 EM voxel / 0.06 slice); the 1:4 cases (30 LM slices, 4 planes) cost more CPU than before (11-14 s,
-was 7-9 s).  20×512×512 vs 20×256×256: 8.0 s wall / 7.7 CPU s (was 8.8 / 8.8), of which the stack search
-3.5 s (was 4.8 s), MINE 1.7 s; error 0.12 EM voxel / 0.10 slice.
+pairs one at a time; up to 3 EM planes whole LM z-steps apart matched together (volume/stack_search.py)
+find it (0.22 EM voxel / 0.06 slice).  The 1:4 cases (30 LM slices) take 7.9-11.1 CPU s with MINE (were
+7.4-8.6 s).  20×512×512 vs 20×256×256: 13.3 s wall / 8.4 CPU s in this run, 8.0 s wall / 7.7 CPU s in a
+run just before with the same code path (was 8.8 / 8.8 at load 3.5), of which the stack search 3.5-6.1 s
+wall (was 4.8 s); error 0.12 EM voxel / 0.10 slice.
 Before the coarse-to-fine slice search, the 32-wide MINE network and 150 iterations per level: 74 s wall /
 29 CPU s under load 11 (search 51.6 s, MINE 15.7 s), accuracy as now.  Tiled warp onto 500×1024×1024:
 peak RSS 3.0 GiB (about 1 GiB of it the output's memory-mapped pages).

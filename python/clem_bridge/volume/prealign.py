@@ -5,15 +5,16 @@
    physical resolution.  Structure is compared as gradient magnitude (inside the 2-D search), which does
    not care whether membranes are dark (EM) or bright (LM).  On the phantoms this correlates 0.79 at the
    true pose, against 0.2 for scale-normalised |LoG| at twice the common pixel size.
-2. Stack search (the biggest misalignment is lateral): EM planes one LM z-step apart are matched together in
-   the LM stack as one 3-D template (:mod:`clem_bridge.volume.stack_search`: rotation about z over the full
-   circle, mirrored and not, z direction, LM slice of the first plane, translation; scale from the
-   calibration), every hypothesis at ``COARSE_SIZE``, the ``N_REFINED`` best again at ``SEARCH_SIZE`` with
-   the scale free (±5 %).  Two such plane sets, a quarter z-step either side of the centres, are searched
-   (one lies within a quarter step of the LM slices).  Matching (plane, slice) pairs one at a time, as
-   before, ranked a wrong pair above the right one on small EM fields of a few cells (a mirrored, z-reversed
-   1:8 phantom at scale 0.96: every pair scored 0.27-0.34, the right one among them); the joint score puts
-   the right pose at 0.49 against 0.25 for the next.  Each match fixes x, y and z.
+2. Stack search (the biggest misalignment is lateral): up to 3 EM planes a whole number of LM z-steps
+   apart are matched together in the LM stack as one 3-D template (:mod:`clem_bridge.volume.stack_search`:
+   rotation about z over the full circle, mirrored and not, z direction, LM slice of the first plane,
+   translation; scale from the calibration), every hypothesis at ``COARSE_SIZE``, the ``N_REFINED`` best
+   again at ``SEARCH_SIZE`` with the scale free (±5 %).  Two such plane sets, a quarter z-step either side
+   of the centred positions, are searched (one lies within a quarter step of the LM slices).  Matching
+   (plane, slice) pairs one at a time, as before, ranked a wrong pair above the right one on small EM
+   fields of a few cells (a mirrored, z-reversed 1:8 phantom at scale 0.96: every pair scored 0.27-0.34,
+   the right one among them); the joint score puts the right pose at 0.49 against 0.25 for the next.
+   Each match fixes x, y and z.
 3. The best matches are judged in 3-D by histogram mutual information between the blurred EM and the LM
    warped onto a coarse EM grid, each over a range of z offsets (±1 slice) and both z directions (an LM
    stack imaged from the other side runs the opposite way); then an optional coarse tilt
@@ -115,7 +116,7 @@ def prealign(em: np.ndarray, lm: np.ndarray, em_voxel, lm_voxel, *, tilt_search:
     lm_r, lm_rv, lm_rm = resample(lm, lm_v, (r, r, lm_v[2]))
     timings["structure_s"] = time.perf_counter() - t0
 
-    # 2. two sets of EM planes one LM z-step apart (a quarter step either side of the centred positions; a
+    # 2. two sets of EM planes whole LM z-steps apart (a quarter step either side of the centred positions; a
     # shallow EM has one plane per set), each matched as one template in the LM stack: every hypothesis at
     # COARSE_SIZE, the N_REFINED best again at SEARCH_SIZE with the scale free
     ts = time.perf_counter()

@@ -31,7 +31,7 @@ class StackMatch:
     score: float
 
 
-def plane_positions(depth: int, planes_per_slice: float, max_planes: int = 4) -> tuple[np.ndarray, int]:
+def plane_positions(depth: int, planes_per_slice: float, max_planes: int = 3) -> tuple[np.ndarray, int]:
     """EM z positions (voxels, centred, ``spacing`` LM z-steps apart) and ``spacing``: as many whole LM
     z-steps as the EM depth holds, at most ``max_planes``; one central plane in a shallower EM."""
     n_fit = int((depth - 1) / planes_per_slice) + 1
