@@ -21,6 +21,9 @@ find it (0.22 EM voxel / 0.06 slice).  The 1:4 cases (30 LM slices) take 7.9-11.
 7.4-8.6 s).  20×512×512 vs 20×256×256: 13.3 s wall / 8.4 CPU s in this run, 8.0 s wall / 7.7 CPU s in a
 run just before with the same code path (was 8.8 / 8.8 at load 3.5), of which the stack search 3.5-6.1 s
 wall (was 4.8 s); error 0.12 EM voxel / 0.10 slice.
+24 phantoms (``--cases 24 --methods mine``, bench_register3d-24cases-2core-cpu.json): 24/24 within target,
+median 0.18 EM voxel / 0.06 slice, 6.6 CPU s; with one plane set (no quarter-step pair) 3 of the 1:12
+pre-alignments (cases 11, 14, 17) had been wrong.
 Before the coarse-to-fine slice search, the 32-wide MINE network and 150 iterations per level: 74 s wall /
 29 CPU s under load 11 (search 51.6 s, MINE 15.7 s), accuracy as now.  Tiled warp onto 500×1024×1024:
 peak RSS 3.0 GiB (about 1 GiB of it the output's memory-mapped pages).
