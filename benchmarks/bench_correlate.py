@@ -91,8 +91,9 @@ def reference_check(em, chrom) -> tuple[dict, dict]:
 def pair_cases(i: int, em, chrom, model, n_cases: int) -> tuple[dict, list[dict]]:
     t0 = time.perf_counter()
     pred = predict_chromatin(em, model, device="cpu")
+    predict_seconds = time.perf_counter() - t0
     opt, ref = reference_check(em, chrom)
-    info = {"pair": i, "predict_seconds": round(time.perf_counter() - t0, 2),
+    info = {"pair": i, "predict_seconds": round(predict_seconds, 2),
             "pearson_r": round(pearson(pred, chrom), 3), "reference": ref}
     rows = []
     for k, truth in enumerate(perturbations(n_cases, em.shape, seed=i)):

@@ -290,7 +290,8 @@ def test_the_coarse_search_scores_every_scale_at_the_same_resolution():
 
 def test_refinements_stay_inside_the_searched_scale_range():
     """The optimum lies below the searched range (scale 0.8 vs 0.88–1.2): the refinement stops at its edge
-    instead of leaving it (a calibrated s7 case walked from 0.76 to 0.655, far outside 0.76–1.19)."""
+    instead of leaving it, and the coarse search's finer grid does not step outside it either (a calibrated
+    s7 case went from a coarse 0.76 to 0.655, far outside 0.76–1.19)."""
     pair, pred, f2m = case(0.0, 0.8, SHAPE, seed=11, shift=(0.0, 0.0))
     fixed, moving = correlation_input(pred), correlation_input(pair.lm["chromatin"])
     start = f2m @ T.from_params(scale=1.12, center=T.center_of(SHAPE))
@@ -298,3 +299,5 @@ def test_refinements_stay_inside_the_searched_scale_range():
     bounded, _ = refine_pyramid(fixed, moving, start, [128], scale_range=(0.88, 1.2))
     assert T.scale_of(free) == pytest.approx(0.8, abs=0.02)
     assert 0.88 - 1e-6 <= T.scale_of(bounded) < 0.9
+    hyps = coarse_hypotheses(fixed, moving, SearchParams(scale_range=(0.88, 1.2), max_rotation=8.0))
+    assert all(0.88 - 1e-6 <= T.scale_of(h.matrix) <= 1.2 + 1e-6 for h in hyps)   # the finer grid stays inside too

@@ -16,14 +16,16 @@
 
 Measured (``benchmarks/bench_correlate.py``, ``benchmarks/results/bench_correlate-loo*-2core-cpu.json``;
 leave-one-out models): wherever the prediction leads to the right place, the result lies 0.1–2 px (median
-0.55 px calibrated) from the optimum of the network-free heterochromatin criterion, and the free-scale fit
-agrees with that optimum's scale within 0.1 %.  That optimum itself sits 2.3–3.8 px (TRE over the EM grid)
+0.4–0.8 px) from the optimum of the network-free heterochromatin criterion, and the free-scale fit agrees
+with that optimum's scale within 0.1 % (median).  That optimum itself sits 2.3–3.8 px (TRE over the EM grid)
 from DeepCLEM's manual registration (made by eye), in a direction of its own for each pair (s6 shift
 (+0.4, −2.3) px, s8 (−3.1, +1.6) px and scale −0.4 %), which the leave-one-out and shipped predictions
 share: the few-pixel error against the manual registration and s8's free vs calibrated scale difference
-are the reference's.  Weak models fail on whole pairs (s7 with r 0.22; s6 with a 6-epoch model whose
-prediction scores a wrong pose higher), reported ``failed`` each time: no silent failure.  DeepCLEM's
-example (shipped model): ``ok``, its three EM nuclei 6–14 px from the stained nuclei' centres.
+are the reference's.  Weak models fail on whole pairs whose prediction scores wrong poses higher than the
+true one (s7 with a 4-epoch model: 0.22–0.25 vs 0.19–0.21; s6 with a 6-epoch model: 0.29–0.32 vs 0.19),
+reported ``failed`` each time (the EM contrast check): no silent failure, every fitted scale inside the
+searched range.  About 8–9 s per case on the shared 2-core CPU (load 4–6), plus the prediction.
+DeepCLEM's example (shipped model): ``ok``, its three EM nuclei 6–14 px from the stained nuclei' centres.
 """
 from __future__ import annotations
 

@@ -188,7 +188,7 @@ def coarse_hypotheses(fixed: np.ndarray, moving: np.ndarray, params: SearchParam
             found = []
             for h in best[:keep]:
                 angles = _angles(h.angle, 2 * astep, astep)
-                scales = h.scale * np.exp(np.log1p(sstep) * np.arange(-2, 3))
+                scales = np.unique(np.clip(h.scale * np.exp(np.log1p(sstep) * np.arange(-2, 3)), lo, hi))
                 found += _grid_search(fw, bf, moving, f, angles, scales, prior_scale, cancelled)
         if not found:
             raise InputError("the chromatin image is too small for this EM field of view at the searched scales")
