@@ -24,7 +24,7 @@ share: the few-pixel error against the manual registration and s8's free vs cali
 are the reference's.  Weak models fail on whole pairs whose prediction scores wrong poses higher than the
 true one (s7 with a 4-epoch model: 0.22–0.25 vs 0.19–0.21; s6 with a 6-epoch model: 0.29–0.32 vs 0.19),
 reported ``failed`` each time (the EM contrast check): no silent failure, every fitted scale inside the
-searched range.  About 8–9 s per case on the shared 2-core CPU (load 4–6), plus the prediction.
+searched range.  4–9 s per case on the shared 2-core CPU (load 2–6), plus under 1 s of prediction.
 DeepCLEM's example (shipped model): ``ok``, its three EM nuclei 6–14 px from the stained nuclei' centres.
 """
 from __future__ import annotations
