@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Iterator
 
 from clem_bridge import fiji, fiji_install
-from server_utils import running_server
 
 JARS = {k: Path(v) for k, v in fiji.JARS.items()}
 CLASSPATH = f"{JARS['jython']}:{JARS['groovy']}:{JARS['ij']}"  # Fiji has all three; Jython uses Groovy's warp
@@ -81,6 +80,7 @@ def make_fiji_app(root: Path) -> Path:
 def fiji_app_and_server(root: Path, **server_kw) -> Iterator[tuple[Path, str]]:
     """``make_fiji_app(root)`` and ``running_server(root / "data", **server_kw)``, started side by side:
     yields ``(app, url)``."""
+    from server_utils import running_server
     with ThreadPoolExecutor(1) as pool:
         app = pool.submit(make_fiji_app, root)
         with running_server(root / "data", **server_kw) as url:
