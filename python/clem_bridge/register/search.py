@@ -12,6 +12,7 @@ Matrices follow :mod:`clem_bridge.transforms` (fixed pixel → moving pixel); a 
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cv2
@@ -130,6 +131,21 @@ def alignment_optimum(fixed: np.ndarray, moving: np.ndarray, fixed_to_moving: np
     return mat(res.x), float(-res.fun)
 
 
+def _in_threads(fn, items: list) -> list:
+    """``[fn(x) for x in items]`` in OpenCV's number of threads (contiguous chunks, order kept): the warps and
+    template matches release the GIL, and ``cv2.setNumThreads(1)`` (batch workers, tests) keeps it to one."""
+    n = min(cv2.getNumThreads(), len(items))
+    if n <= 1:
+        return [fn(x) for x in items]
+    chunks = [items[i::n] for i in range(n)]   # interleaved: neighbouring candidates cost alike
+    with ThreadPoolExecutor(n) as pool:
+        done = list(pool.map(lambda chunk: [fn(x) for x in chunk], chunks))
+    out = [None] * len(items)
+    for i, part in enumerate(done):
+        out[i::n] = part
+    return out
+
+
 def _distinct(ranked: list, keep: int, angle_tol: float, scale_ratio: float) -> list:
     """The best ``keep`` candidates that are not neighbours (same handedness, close angle and scale)."""
     out: list = []
@@ -168,19 +184,22 @@ def global_search(fixed: np.ndarray, moving: np.ndarray, *, rotation_range_deg: 
     small = lambda img: area_resize(img, (max(int(img.shape[0] / coarse_factor), 8),  # noqa: E731
                                           max(int(img.shape[1] / coarse_factor), 8)))[0]
     coarse = _Matcher(small(fixed), small(moving), max_shift_frac, sigma)
-    grid_h, grid_s, grid_a = (g.ravel() for g in np.meshgrid(hands, scales, angles, indexing="ij"))
-    ranked = sorted(coarse.rank(grid_a, grid_s, grid_h), key=lambda r: -r[0])
+    grid = [g.ravel() for g in np.meshgrid(angles, scales, hands, indexing="ij")]   # neighbours: other hand/scale
+    blocks = np.array_split(np.arange(grid[0].size), max(1, min(8, grid[0].size // 64)))
+    ranked = sorted((r for part in _in_threads(lambda i: coarse.rank(*(g[i] for g in grid)), blocks) for r in part),
+                    key=lambda r: -r[0])
     seeds = _distinct(ranked, keep, coarse_step, ratio ** 0.5)
 
     full = _Matcher(fixed, moving, max_shift_frac, sigma)
-    best = max((full.score(r[1] + k * rotation_step_deg, r[2] * ratio ** (j / 2.0), r[3])
-                for r in seeds for k in range(-2, 3) for j in ((-1, 0, 1) if len(scales) > 1 else (0,))),
+    score = lambda c: full.score(*c)  # noqa: E731
+    best = max(_in_threads(score, [(r[1] + k * rotation_step_deg, r[2] * ratio ** (j / 2.0), r[3]) for r in seeds
+                                   for k in range(-2, 3) for j in ((-1, 0, 1) if len(scales) > 1 else (0,))]),
                key=lambda r: r[0])
     # polish: rotation in sixths of the step, then scale in eighths of the sweep's ratio
-    fine = [full.score(best[1] + k * rotation_step_deg / 6.0, best[2], best[3]) for k in range(-5, 6)]
+    fine = _in_threads(score, [(best[1] + k * rotation_step_deg / 6.0, best[2], best[3]) for k in range(-5, 6)])
     best = max([best, *fine], key=lambda r: r[0])
     if len(scales) > 1:
-        fine = [full.score(best[1], best[2] * ratio ** (k / 8.0), best[3]) for k in range(-3, 4)]
+        fine = _in_threads(score, [(best[1], best[2] * ratio ** (k / 8.0), best[3]) for k in range(-3, 4)])
         best = max([best, *fine], key=lambda r: r[0])
     score, angle, scale, mirrored, mat = best
     return SearchResult(fixed_to_moving=mat, rotation_deg=float((angle + 180.0) % 360.0 - 180.0), scale=scale,
