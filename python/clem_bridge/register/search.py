@@ -132,7 +132,7 @@ def alignment_optimum(fixed: np.ndarray, moving: np.ndarray, fixed_to_moving: np
 
 
 def _in_threads(fn, items: list) -> list:
-    """``[fn(x) for x in items]`` in OpenCV's number of threads (contiguous chunks, order kept): the warps and
+    """``[fn(x) for x in items]`` in OpenCV's number of threads (results in order): the warps and
     template matches release the GIL, and ``cv2.setNumThreads(1)`` (batch workers, tests) keeps it to one."""
     n = min(cv2.getNumThreads(), len(items))
     if n <= 1:
