@@ -33,7 +33,7 @@ The result follows :mod:`clem_bridge.transforms`: ``fixed_to_moving`` maps EM pi
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Optional
 
 import cv2
@@ -65,6 +65,7 @@ class MineParams:
     lr_fine: float = 1e-5             # γ
     lr_decay: float = 0.5
     max_iterations: int = 50          # per level (fast) or total (thesis)
+    max_iterations_large: Optional[int] = 40   # fast: per level when neither image is below ``verify_below`` px
     min_iterations: int = 30          # per level (fast)
     samples_per_step: int = 1024      # 0 = all edge samples (capped by max_samples)
     max_samples: int = 1_000_000
@@ -455,6 +456,10 @@ def register_mine(fixed, moving, *, preset: str = "fast", params: Optional[MineP
     fixed_w, moving_w = _downscale(fixed_n, work), _downscale(moving_n, work)
     ff, fm = _frames(fixed_w.shape, moving_w.shape)
     factors = _pyramid_factors(fixed_w.shape, moving_w.shape, p)
+    small = min(max(fixed_w.shape), max(moving_w.shape)) < p.verify_below
+    if not small and not p.joint_levels and p.max_iterations_large:   # larger images converge in fewer steps
+        p = replace(p, max_iterations=p.max_iterations_large, min_iterations=min(p.min_iterations,
+                                                                                 p.max_iterations_large))
 
     timings: dict[str, float] = {}
     init_w = None
@@ -495,7 +500,7 @@ def register_mine(fixed, moving, *, preset: str = "fast", params: Optional[MineP
     frame_mat, mi_curve, level_iters, iterations = _optimise(levels, m0, p, seed, dev, report, stop, timings)
     timings["optimise_s"] = time.perf_counter() - tm
     disagreement = None
-    if start is not None and min(max(fixed_w.shape), max(moving_w.shape)) < p.verify_below:
+    if start is not None and small:
         # small images: more refinements from the same start (other seeds) must land on the same matrix;
         # the first result that another one confirms is kept, none confirmed gives a warning
         tv = time.perf_counter()
