@@ -529,12 +529,11 @@ def register_mine(fixed, moving, *, preset: str = "fast", params: Optional[MineP
     if start is not None:   # the search's criterion at its start and at the refined result (consistency check)
         c = max(1.0, max(fixed_w.shape) / p.check_size)
         fc, mc = _downscale(fixed_w, c), _downscale(moving_w, c)
-        at = lambda a: alignment_score(fc, mc, rescale(a, fc.shape, fixed_w.shape, mc.shape, moving_w.shape))  # noqa: E731
-        metrics["search_start_alignment"] = at(start)
-        metrics["search_refined_alignment"] = at(a_work)
+        to_check = lambda a: rescale(a, fc.shape, fixed_w.shape, mc.shape, moving_w.shape)  # noqa: E731
+        metrics["search_start_alignment"] = alignment_score(fc, mc, to_check(start))
+        metrics["search_refined_alignment"] = alignment_score(fc, mc, to_check(a_work))
         if disagreement is not None:   # small images: where does the criterion itself peak near the result?
-            opt, metrics["search_optimum_alignment"] = alignment_optimum(
-                fc, mc, rescale(a_work, fc.shape, fixed_w.shape, mc.shape, moving_w.shape))
+            opt, metrics["search_optimum_alignment"] = alignment_optimum(fc, mc, to_check(a_work))
             metrics["search_optimum_distance_px"] = tre(
                 a_full, rescale(opt, full_fixed_shape, fc.shape, full_moving_shape, mc.shape), full_fixed_shape)
     if disagreement is not None:

@@ -56,6 +56,17 @@ def candidate(fixed_shape, moving_shape, angle, scale, mirrored) -> np.ndarray:
     return m
 
 
+def mapped_canvas(moving: np.ndarray, fixed_to_moving: np.ndarray, fixed_shape, margin: tuple[int, int]) -> np.ndarray:
+    """``moving`` resampled onto the fixed grid enlarged by ``margin`` (x, y) px on every side (0 outside the
+    moving image): canvas px (mx + x, my + y) is fixed px (x, y) mapped by ``fixed_to_moving``."""
+    h, w = fixed_shape
+    mx, my = margin
+    shift = np.array([[1, 0, -mx], [0, 1, -my], [0, 0, 1.0]])  # canvas px → fixed px
+    return cv2.warpAffine(moving, (np.asarray(fixed_to_moving, float) @ shift)[:2], (w + 2 * mx, h + 2 * my),
+                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
+                          borderValue=0.0)
+
+
 class _Matcher:
     """Gradient images of one fixed/moving pair and the translation search for a candidate."""
 
@@ -68,13 +79,8 @@ class _Matcher:
     def response(self, fixed_to_moving: np.ndarray, margin: tuple[int, int]) -> np.ndarray:
         """Correlation of the fixed gradient with the mapped moving gradient for every shift within ``margin``
         (x, y) px: entry [my + dy, mx + dx] is for ``fixed_to_moving`` composed with a fixed-grid shift (dx, dy)."""
-        h, w = self.fg.shape
-        mx, my = margin
-        shift = np.array([[1, 0, -mx], [0, 1, -my], [0, 0, 1.0]])  # canvas px → fixed px
-        canvas = cv2.warpAffine(self.mg, (fixed_to_moving @ shift)[:2], (w + 2 * mx, h + 2 * my),
-                                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
-                                borderValue=0.0)
-        return cv2.matchTemplate(canvas, self.fg, cv2.TM_CCOEFF_NORMED)
+        return cv2.matchTemplate(mapped_canvas(self.mg, fixed_to_moving, self.fg.shape, margin), self.fg,
+                                 cv2.TM_CCOEFF_NORMED)
 
     def rank(self, angles: np.ndarray, scales: np.ndarray, mirrored: np.ndarray) -> list[tuple[float, float, float, bool]]:
         """(score, angle, scale, mirrored) for each candidate: its best correlation over the translations."""
@@ -92,14 +98,10 @@ class _Matcher:
         t = np.array([[1, 0, u - mx], [0, 1, v - my], [0, 0, 1.0]])
         return float(best), float(angle), float(scale), bool(mirrored), base @ t
 
-
     def correlation(self, fixed_to_moving: np.ndarray) -> float:
         """The criterion at zero shift: correlation of the fixed gradient with the mapped moving gradient
         (zero where the moving image has no data), over the fixed grid."""
-        h, w = self.fg.shape
-        warped = cv2.warpAffine(self.mg, np.asarray(fixed_to_moving, float)[:2], (w, h),
-                                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
-                                borderValue=0.0).ravel()
+        warped = mapped_canvas(self.mg, fixed_to_moving, self.fg.shape, (0, 0)).ravel()
         f = self.fg.ravel() - self.fg.mean()
         m = warped - warped.mean()
         den = float(np.sqrt(np.dot(f, f) * np.dot(m, m)))

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from ..peaks import subpixel_peak
-from ..register.search import candidate, gradient_magnitude
+from ..register.search import candidate, gradient_magnitude, mapped_canvas
 from ..transforms import center_of
 
 
@@ -55,14 +55,9 @@ class StackMatcher:
     def responses(self, fixed_to_moving: np.ndarray, margin: int, ks) -> dict[int, list[np.ndarray]]:
         """``{k: [correlation of plane j with slice k for every plane shift within ±margin px]}``; entry
         [margin + dy, margin + dx] is for ``fixed_to_moving`` composed with a plane shift (dx, dy)."""
-        h, w = self.plane_shape
-        shift = np.array([[1, 0, -margin], [0, 1, -margin], [0, 0, 1.0]])
-        m = (fixed_to_moving @ shift)[:2]
         out = {}
         for k in ks:
-            canvas = cv2.warpAffine(self.sg[k], m, (w + 2 * margin, h + 2 * margin),
-                                    flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
-                                    borderValue=0.0)
+            canvas = mapped_canvas(self.sg[k], fixed_to_moving, self.plane_shape, (margin, margin))
             out[k] = [cv2.matchTemplate(canvas, p, cv2.TM_CCOEFF_NORMED) for p in self.pg]
         return out
 
