@@ -145,7 +145,7 @@ def save_overlay_png(path, em: np.ndarray, channels: Sequence[np.ndarray], colou
         s = max_side / max(rgb.shape[:2])
         rgb = area_resize(rgb, (max(int(rgb.shape[0] * s), 1), max(int(rgb.shape[1] * s), 1)))[0]
     p = Path(path)
-    Image.fromarray(rgb).save(p)
+    Image.fromarray(rgb).save(p, compress_level=1)   # zlib level 1: a third of the default's time, ~2 % larger
     return p
 
 

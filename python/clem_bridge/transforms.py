@@ -23,7 +23,6 @@ from typing import Iterable, Sequence
 
 import cv2
 import numpy as np
-from scipy import ndimage
 
 Shape = Sequence[int]
 
@@ -208,16 +207,52 @@ def warp_image(image: np.ndarray, fixed_to_moving, out_shape: Shape, *, order: s
         raise ValueError(f"interpolation must be one of {sorted(INTERPOLATION_ORDERS)}, got {order!r}")
     if image.ndim != 2:
         raise ValueError(f"warp_image expects a 2-D image, got shape {image.shape}")
-    k = INTERPOLATION_ORDERS[order]
-    mat, off = _scipy_matrix(fixed_to_moving)
-    off = off + mat @ np.asarray(offset, dtype=np.float64)
     src = image.astype(np.float64 if image.dtype == np.float64 else np.float32, copy=False)
-    out = ndimage.affine_transform(src, mat, offset=off, output_shape=(int(out_shape[0]), int(out_shape[1])),
-                                   order=k, mode="constant", cval=float(fill), prefilter=k > 1)
+    if order == "bilinear":
+        out = _bilinear(src, as_matrix(fixed_to_moving), out_shape, float(fill), offset)
+    else:
+        from scipy import ndimage    # imported here: a quarter second that the bilinear path does not need
+
+        k = INTERPOLATION_ORDERS[order]
+        mat, off = _scipy_matrix(fixed_to_moving)
+        off = off + mat @ np.asarray(offset, dtype=np.float64)
+        out = ndimage.affine_transform(src, mat, offset=off, output_shape=(int(out_shape[0]), int(out_shape[1])),
+                                       order=k, mode="constant", cval=float(fill), prefilter=k > 1)
     if np.issubdtype(image.dtype, np.integer):
         info = np.iinfo(image.dtype)
         out = np.clip(np.rint(out), info.min, info.max)
     return out.astype(image.dtype, copy=False)
+
+
+def _bilinear(src: np.ndarray, a: np.ndarray, out_shape: Shape, fill: float, offset: tuple[int, int],
+              block_pixels: int = 1 << 16) -> np.ndarray:
+    """Exact bilinear resampling (the result of ``scipy.ndimage.affine_transform(order=1, mode="constant")``),
+    in row blocks of about ``block_pixels``; points outside the moving image (as :func:`valid_mask`) get ``fill``."""
+    h, w = int(out_shape[0]), int(out_shape[1])
+    out = np.empty((h, w), dtype=src.dtype)
+    mh, mw = src.shape
+    flat = src.ravel()
+    xs = np.arange(w, dtype=np.float64)[None, :] + offset[1]
+    step = max(1, block_pixels // max(w, 1))
+    for r0 in range(0, h, step):
+        ys = np.arange(r0, min(r0 + step, h), dtype=np.float64)[:, None] + offset[0]
+        inside = valid_mask(a, (ys.shape[0], w), src.shape, (r0 + offset[0], offset[1]))
+        xm = a[0, 0] * xs + a[0, 1] * ys + a[0, 2]
+        ym = a[1, 0] * xs + a[1, 1] * ys + a[1, 2]
+        np.clip(xm, 0, mw - 1, out=xm)
+        np.clip(ym, 0, mh - 1, out=ym)
+        x0 = np.minimum(xm.astype(np.intp), max(mw - 2, 0))
+        y0 = np.minimum(ym.astype(np.intp), max(mh - 2, 0))
+        fx = (xm - x0).astype(src.dtype)
+        fy = (ym - y0).astype(src.dtype)
+        i = y0 * mw + x0
+        dx, dy = int(mw > 1), mw if mh > 1 else 0           # a one-pixel-wide image has no right neighbour
+        top = flat[i] + fx * (flat[i + dx] - flat[i])
+        bottom = flat[i + dy] + fx * (flat[i + dy + dx] - flat[i + dy])
+        block = top + fy * (bottom - top)
+        block[~inside] = fill
+        out[r0:r0 + block.shape[0]] = block
+    return out
 
 
 def warp_channels(channels: Iterable[np.ndarray], fixed_to_moving, out_shape: Shape, *,

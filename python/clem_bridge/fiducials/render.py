@@ -60,5 +60,5 @@ def fusion_rgb(em: np.ndarray, lm: np.ndarray, *, hue: float = 0.0, mask: Option
 
 def save_fusion_png(path, em: np.ndarray, lm: np.ndarray, **kw) -> Path:
     p = Path(path)
-    Image.fromarray(fusion_rgb(em, lm, **kw)).save(p)
+    Image.fromarray(fusion_rgb(em, lm, **kw)).save(p, compress_level=1)
     return p
