@@ -24,7 +24,8 @@ import numpy as np
 
 from ..errors import InputError
 from ..schema import PixelSize
-from .images import _check_size, _to_cyx, convert_length, normalize_unit
+from .layout import check_size, to_cyx
+from .units import convert_length, normalize_unit
 
 HEAD_BYTES = 212                                     # enough for every signature below
 MRC_SUFFIXES = {".mrc", ".mrcs", ".rec", ".st", ".ali", ".map"}
@@ -63,7 +64,7 @@ def _read_mrc(p: Path, max_pixels: int):
     try:
         with mrcfile.mmap(p, mode="r") as mrc:
             h = mrc.header
-            _check_size(int(h.nx) * int(h.ny) * int(h.nz), p, max_pixels)
+            check_size(int(h.nx) * int(h.ny) * int(h.nz), p, max_pixels)
             data = np.array(mrc.data)
             vs = mrc.voxel_size
     except (ValueError, OSError, EOFError) as e:
@@ -72,7 +73,7 @@ def _read_mrc(p: Path, max_pixels: int):
     px = None
     if float(vs.x) > 0 and float(vs.y) > 0:      # Å → nm
         px = PixelSize(x=float(vs.x) / 10.0, y=float(vs.y) / 10.0, unit="nm")
-    return _to_cyx(data, axes, data.shape, p, False), px, False, None
+    return to_cyx(data, axes, data.shape, p, False), px, False, None
 
 
 def _read_dm(p: Path, max_pixels: int):
@@ -93,7 +94,7 @@ def _read_dm(p: Path, max_pixels: int):
     if nav:
         raise InputError(f"{p.name} is a stack of {int(np.prod([a['size'] for a in nav]))} images; clem-bridge "
                          "registers 2-D images - pick one first")
-    _check_size(int(np.prod(d["data"].shape)), p, max_pixels)
+    check_size(int(np.prod(d["data"].shape)), p, max_pixels)
     data = np.asarray(d["data"])
     rgb = data.dtype.names is not None
     if rgb:                                       # DM RGB: a record array with fields R, G, B(, A)
@@ -120,7 +121,7 @@ def _read_bioio(p: Path, kind: str, max_pixels: int):
     try:
         img = BioImage(p, reader=reader)
         dims, shape = img.dims.order, tuple(int(n) for n in img.shape)
-        _check_size(int(np.prod(shape)), p, max_pixels)
+        check_size(int(np.prod(shape)), p, max_pixels)
         data = np.asarray(img.data)
         names = [str(c) for c in img.channel_names] if "C" in dims else None
         px = _bioio_pixel_size(img)
@@ -129,7 +130,7 @@ def _read_bioio(p: Path, kind: str, max_pixels: int):
     except Exception as e:  # bioio and its plugins raise many types for bad files
         raise InputError(f"cannot read {p.name} as a {label} file ({type(e).__name__}: {str(e)[:200]})") from None
     rgb = "S" in dims and shape[dims.index("S")] in (3, 4)
-    data = _to_cyx(data, dims, shape, p, rgb)
+    data = to_cyx(data, dims, shape, p, rgb)
     if rgb:
         data, names = data[:3], None
     return data, px, rgb, names if names and len(names) == data.shape[0] else None

@@ -21,19 +21,11 @@ from PIL import Image
 
 from ..errors import InputError
 from ..schema import PixelSize
+from .layout import check_size, to_cyx
+from .units import convert_length, normalize_unit
 
 MAX_PIXELS = 2 ** 31
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-_CHANNEL_AXES = "CSIQ"              # axes that may hold channels (I/Q: unnamed, if small)
-_MAX_UNNAMED_CHANNELS = 8
-_STACK_AXES = {"Z": "a Z stack", "T": "a time series", "I": "a stack", "Q": "a stack", "R": "a tile set",
-               "O": "a multi-image stack", "H": "a lifetime/phase stack", "E": "a lambda stack", "L": "a lambda stack",
-               "A": "an angle stack", "P": "a phase stack", "V": "a multi-view stack", "M": "a mosaic"}
-_UNITS = {"um": "um", "µm": "um", "μm": "um", "micron": "um", "microns": "um", "micrometer": "um",
-          "micrometre": "um", "\\u00b5m": "um", "nm": "nm", "nanometer": "nm", "nanometre": "nm",
-          "mm": "mm", "millimeter": "mm", "cm": "cm", "m": "m", "pm": "pm", "å": "A", "angstrom": "A"}
-
-
 @dataclass
 class ImageData:
     """An image as channels-first ``data`` (C, H, W), its ``pixel_size`` (or None), source ``path`` and the
@@ -47,17 +39,6 @@ class ImageData:
     @property
     def shape(self) -> tuple[int, int]:
         return int(self.data.shape[1]), int(self.data.shape[2])
-
-
-def normalize_unit(unit) -> Optional[str]:
-    """ASCII spelling of a length unit ('µm', 'micron', '\\u00B5m' → 'um'); None when uncalibrated/unknown."""
-    if unit is None:
-        return None
-    u = str(unit).strip()
-    key = u.lower()
-    if key in ("", "pixel", "pixels", "px", "none", "reference frame"):
-        return None
-    return _UNITS.get(key, _UNITS.get(u, None))
 
 
 # --- validation ------------------------------------------------------------------------
@@ -82,14 +63,6 @@ def check_image(arr, name: str = "image", *, need_structure: bool = True, min_si
     if need_structure and float(np.ptp(a)) == 0.0:
         raise InputError(f"{name} is constant (every pixel is {a.flat[0]}); registration needs image structure")
     return a
-
-
-def _check_size(n: int, path: Path, max_pixels: int) -> None:
-    if n == 0:
-        raise InputError(f"{path.name} contains an empty image (0 pixels)")
-    if n > max_pixels:
-        raise InputError(f"{path.name} holds {n:,} pixel values, more than the limit of {max_pixels:,}; "
-                         f"crop or bin it first")
 
 
 # --- reading ---------------------------------------------------------------------------
@@ -157,7 +130,7 @@ def _read_pil(p: Path, max_pixels: int):
     try:
         with Image.open(p) as im:
             w, h = im.size
-            _check_size(w * h * len(im.getbands()), p, max_pixels)
+            check_size(w * h * len(im.getbands()), p, max_pixels)
             if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
                 im = im.convert("RGBA" if im.mode == "PA" or "transparency" in im.info else "RGB")
             arr = np.asarray(im)
@@ -196,7 +169,7 @@ def _read_tiff(p: Path, max_pixels: int):
             if not tf.series:
                 raise InputError(f"{p.name} contains no image")
             s = tf.series[0]
-            _check_size(int(np.prod(s.shape)), p, max_pixels)
+            check_size(int(np.prod(s.shape)), p, max_pixels)
             axes, shape = s.axes, s.shape
             page = s.pages[0] if s.pages and s.pages[0] is not None else tf.pages[0]
             rgb = getattr(page, "photometric", None) == tifffile.PHOTOMETRIC.RGB
@@ -207,36 +180,8 @@ def _read_tiff(p: Path, max_pixels: int):
         raise
     except Exception as e:
         raise InputError(f"cannot read {p.name}: truncated or damaged TIFF ({type(e).__name__}: {e})") from None
-    data = _to_cyx(data, axes, shape, p, rgb)
+    data = to_cyx(data, axes, shape, p, rgb)
     return data, px, rgb, names if names and len(names) == data.shape[0] else None
-
-
-def _to_cyx(data: np.ndarray, axes: str, shape, p: Path, rgb: bool) -> np.ndarray:
-    """Squeeze singleton axes and bring the (single) channel axis first; stacks are refused."""
-    data = data.reshape(shape)
-    keep = [i for i, (a, n) in enumerate(zip(axes, shape)) if n > 1 or a in "YX"]
-    data = data.reshape([shape[i] for i in keep])
-    axes = "".join(axes[i] for i in keep)
-    if "Y" not in axes or "X" not in axes:
-        raise InputError(f"{p.name} is not a 2-D image (axes {axes})")
-    extra = [a for a in axes if a not in "YX"]
-    for a in extra:
-        n = data.shape[axes.index(a)]
-        if a in "CS" or (a in "IQ" and n <= _MAX_UNNAMED_CHANNELS and len(extra) == 1):
-            continue
-        kind = _STACK_AXES.get(a, f"an image with a '{a}' axis")
-        raise InputError(f"{p.name} is {kind} of {n} planes; clem-bridge registers 2-D images - pick one plane "
-                         f"or make a projection first (Fiji: Image > Stacks > Z Project)")
-    if len(extra) > 1:
-        if set(extra) == {"C", "S"}:
-            raise InputError(f"{p.name} has both channels and RGB samples; save the channels as grey images")
-        raise InputError(f"{p.name} has {len(extra)} non-spatial axes ({''.join(extra)}); expected a 2-D image "
-                         f"with at most one channel axis")
-    if not extra:
-        return data[None]
-    ch = axes.index(extra[0])
-    order = [ch] + [axes.index("Y"), axes.index("X")]
-    return np.transpose(data, order)
 
 
 def _tiff_pixel_size(tf: tifffile.TiffFile, page) -> Optional[PixelSize]:
@@ -311,17 +256,6 @@ def _ome_pixel_size(xml: str) -> Optional[PixelSize]:
     if x <= 0 or y <= 0:
         return None
     return PixelSize(x=x, y=y, unit=ux)
-
-
-_TO_UM = {"pm": 1e-6, "A": 1e-4, "nm": 1e-3, "um": 1.0, "mm": 1e3, "cm": 1e4, "m": 1e6}
-
-
-def convert_length(value: float, unit: str, to: str) -> float:
-    """Convert a length between the units known to :func:`normalize_unit` (ASCII spellings)."""
-    try:
-        return value * _TO_UM[unit] / _TO_UM[to]
-    except KeyError:
-        raise InputError(f"unknown length unit {unit!r} or {to!r}") from None
 
 
 # --- writing ---------------------------------------------------------------------------

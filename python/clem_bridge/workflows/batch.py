@@ -69,13 +69,12 @@ from distributed import WorkerPlugin
 
 from .. import io
 from ..errors import InputError
-from .outputs import WARPED_TIFF
+from .outputs import OME_ZARR, WARPED_TIFF
 
 RECORD_JSON = "pair.json"
 SUMMARY_CSV = "summary.csv"
 REPORT_HTML = "report.html"
 PARTIAL = ".partial"
-OME_ZARR = "lm_warped.ome.zarr"
 METHODS = ("register", "correlate", "fiducials")
 FORMATS = ("tiff", "ome-zarr")
 

@@ -6,3 +6,4 @@ MI_CURVE_PNG = "mi_curve.png"
 PREDICTED_TIFF = "predicted_chromatin.tif"
 PREPARED_TIFF = "lm_prepared.tif"
 PREPARE_JSON = "prepare.json"
+OME_ZARR = "lm_warped.ome.zarr"      # batch --format ome-zarr

@@ -10,8 +10,7 @@ from io import StringIO
 from pathlib import Path
 from urllib.parse import quote
 
-from .batch import OME_ZARR
-from .outputs import OVERLAY_PNG, TRANSFORM_JSON, WARPED_TIFF
+from .outputs import OME_ZARR, OVERLAY_PNG, TRANSFORM_JSON, WARPED_TIFF
 
 _FIRST = ("name", "status", "method", "resumed", "wall_s", "error", "warnings", "em", "lm", "folder", "worker",
           "run_id")
