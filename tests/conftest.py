@@ -1,9 +1,14 @@
-"""Fixtures shared by several test modules, and thread pinning under pytest-xdist."""
+"""Fixtures shared by several test modules; under pytest-xdist: thread pinning and the heaviest modules first."""
 import os
 
 import pytest
 
 from clem_bridge.synthetic import make_pair, save_pair
+
+# worker-seconds of a full ``scripts/test.sh`` run, heaviest first (the other modules take a few seconds each)
+HEAVY_MODULES = ("test_batch.py", "test_fiji_server.py", "test_correlate.py", "test_fiji_apply.py",
+                 "test_volume_register.py", "test_insilico.py", "test_preprocess.py", "test_bridge.py",
+                 "test_register.py")
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +30,10 @@ def _fiji_template_folder(tmp_path_factory):
 
 def pytest_configure(config):
     """Under pytest-xdist (``scripts/test.sh`` runs one worker per core) each worker and the processes it
-    starts get their share of the cores, so parallel workers do not oversubscribe the CPU."""
+    starts get their share of the cores, so parallel workers do not oversubscribe the CPU; the controller
+    hands out whole modules in collection order (:func:`pytest_collection_modifyitems`)."""
+    if hasattr(config.option, "loadscopereorder"):   # xdist's controller: hand out modules in collection order
+        config.option.loadscopereorder = False      # (not by number of tests: a heavy module must not start last)
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
         import cv2
@@ -34,3 +42,9 @@ def pytest_configure(config):
         os.environ["OMP_NUM_THREADS"] = str(threads)
         torch.set_num_threads(threads)
         cv2.setNumThreads(threads)
+
+
+def pytest_collection_modifyitems(items):
+    """The heavy modules first, heaviest first (a stable sort: the rest keep their order after them)."""
+    rank = {name: i for i, name in enumerate(HEAVY_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
