@@ -8,6 +8,7 @@ library is imported from ``<app>/jars/Lib`` as in Fiji.  The JVM's command line 
 headless one (``--headless --run <script> <args>``), so the scripts use exit codes; ``host=True``
 leaves that out, as when a host (PyImageJ, a running Fiji) runs the script: the runner then prints
 ``HOST_STILL_RUNNING`` after the script, which only happens if the script did not end the JVM.
+:func:`run_scripts` runs several Groovy commands that succeed in one JVM, as a host runs them.
 
 Start-up costs are paid once per test run: the first :func:`make_fiji_app` installs a template
 Fiji.app and runs one JVM in it that compiles the Jython library (``$py.class`` next to the modules, as
@@ -129,23 +130,47 @@ def _java(*args: str) -> list[str]:
     return ["java", *FAST_START, *shared, "-Djava.awt.headless=true", *args]
 
 
+def _bind(app: Path, name: str | Path, args: str, work: Path) -> tuple[Path, Path]:
+    """The script (a menu command of ``app`` by file name, or any script by path) without its ``#@`` lines
+    and its bound inputs, written into ``work``: ``(bindings.json, script)``."""
+    script = name if isinstance(name, Path) else app / "scripts" / "Plugins" / "CLEM" / name
+    text = script.read_text()
+    bound = fiji.bind_inputs(fiji.script_parameters(text), fiji.parse_run_args(args))
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "bindings.json").write_text(json.dumps({k: [t, v] for k, (t, v) in bound.items()}))
+    (work / script.name).write_text(fiji.strip_parameters(text))
+    return work / "bindings.json", work / script.name
+
+
+def _groovy_or_jython(app: Path, name: str) -> list[str]:
+    main = (["org.python.util.jython", str(RUNNERS / "run_jython.py")] if name.endswith(".py") else
+            ["groovy.ui.GroovyMain", str(RUNNERS / "run_groovy.groovy")])
+    return _java(f"-Dimagej.dir={app}", "-Xss8m", "-cp", CLASSPATH, *main)
+
+
 def run_script(app: Path, name: str | Path, args: str = "", *, timeout: float = 600, cwd: Path | None = None,
                host: bool = False, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run a menu command of ``app`` by file name (or any script by path) headless under a real JVM."""
-    script = name if isinstance(name, Path) else app / "scripts" / "Plugins" / "CLEM" / name
-    name = script.name
-    text = script.read_text()
-    bound = fiji.bind_inputs(fiji.script_parameters(text), fiji.parse_run_args(args))
-    work = Path(cwd or app.parent) / f".run-{os.getpid()}-{name}"
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "bindings.json").write_text(json.dumps({k: [t, v] for k, (t, v) in bound.items()}))
-    (work / name).write_text(fiji.strip_parameters(text))
-    main = (["org.python.util.jython", str(RUNNERS / "run_jython.py")] if name.endswith(".py") else
-            ["groovy.ui.GroovyMain", str(RUNNERS / "run_groovy.groovy")])
-    cmd = _java(f"-Dimagej.dir={app}", "-Xss8m", "-cp", CLASSPATH, *main)
-    cmd += [str(work / "bindings.json")] + ([] if host else ["--headless", "--run"]) + [str(work / name), args]
+    bindings, script = _bind(app, name, args, Path(cwd or app.parent) / f".run-{os.getpid()}-{Path(name).name}")
+    cmd = _groovy_or_jython(app, script.name)
+    cmd += [str(bindings)] + ([] if host else ["--headless", "--run"]) + [str(script), args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def run_scripts(app: Path, runs: list[tuple[str, str]], *, timeout: float = 600) -> list[subprocess.CompletedProcess]:
+    """Groovy menu commands ``[(name, args), ...]`` one after another in ONE JVM, as a running Fiji runs them
+    (so without exit codes: for commands that succeed; a JVM start each costs about a second): the result
+    of each, with its own stdout and stderr and the JVM's exit code."""
+    assert all(name.endswith(".groovy") for name, _ in runs)
+    work = Path(tempfile.mkdtemp(prefix=".runs-", dir=app.parent))
+    pairs = [[str(p) for p in _bind(app, name, args, work / str(i))] for i, (name, args) in enumerate(runs)]
+    (work / "runs.json").write_text(json.dumps(pairs))
+    cmd = _groovy_or_jython(app, runs[0][0]) + ["--each", str(work / "runs.json")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    outs, errs = (text.split("END_OF_SCRIPT\n") for text in (r.stdout, r.stderr))
+    assert r.returncode == 0 and len(outs) == len(errs) == len(runs) + 1, r.stdout + r.stderr
+    return [subprocess.CompletedProcess(cmd, r.returncode, out, err) for out, err in zip(outs, errs)]
 
 
 def run_jython(app: Path, code: str, *, timeout: float = 300) -> subprocess.CompletedProcess:

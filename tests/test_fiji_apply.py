@@ -6,6 +6,7 @@ Jython/Groovy code must give our matrix, and files the Jython library writes mus
 """
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from clem_bridge.export3d import write_all3d
 from clem_bridge.result import Registration
 from clem_bridge.schema import PixelSize
 from clem_bridge.volume.stack_io import read_stack, write_stack
-from fiji_utils import jvm_missing, make_fiji_app, run_jython, run_script
+from fiji_utils import jvm_missing, make_fiji_app, run_jython, run_script, run_scripts
 
 pytestmark = [pytest.mark.jvm, pytest.mark.skipif(jvm_missing() is not None, reason=str(jvm_missing()))]
 
@@ -60,22 +61,36 @@ def assert_same_warp(case, out_path, lm=None):
     assert back.pixel_size.x == pytest.approx(case["reg"].fixed_pixel_size.x, rel=1e-5)
 
 
-@pytest.mark.parametrize("fmt", ["json", "bigwarp_csv", "bigwarp_xml", "mpicbg_xml"])
-def test_groovy_apply_matches_python_warp(case, fmt):
-    out = case["root"] / f"warped_{fmt}.tif"
-    r = run_script(case["app"], "Apply_CLEM_Transform.groovy",
-                   f'image_file="{case["root"] / "lm.tif"}",target_file="{case["root"] / "em.tif"}",'
-                   f'transform_file="{case["files"][fmt]}",out_file="{out}"')
-    assert r.returncode == 0, r.stderr
+FORMATS = ["json", "bigwarp_csv", "bigwarp_xml", "mpicbg_xml"]
+
+
+@pytest.fixture(scope="module")
+def applied(case, mirrored, volumes):
+    """Every Apply CLEM Transform of this module that succeeds, one after another in one JVM (as a running Fiji
+    runs commands): ``{name: (out_file, result)}``, the result with the command's own stdout and stderr."""
+    root, vol = case["root"], volumes["root"]
+    jobs = {fmt: (root / "lm.tif", root / "em.tif", case["files"][fmt], root / f"warped_{fmt}.tif") for fmt in FORMATS}
+    jobs["rgb"] = (root / "rgb.tif", root / "em.tif", case["files"]["json"], root / "warped_rgb.tif")
+    jobs["mirrored"] = (mirrored["root"] / "lm_float.tif", root / "em.tif", mirrored["files"]["mpicbg_xml"],
+                        mirrored["root"] / "groovy.tif")
+    jobs["3d"] = (vol / "lm.tif", vol / "em.tif", vol / "transform.json", vol / "groovy.tif")
+    jobs["3d_csv"] = (vol / "lm.tif", vol / "em.tif", volumes["csv"], vol / "groovy_csv.tif")
+    results = run_scripts(case["app"], [("Apply_CLEM_Transform.groovy",
+                                         f'image_file="{lm}",target_file="{em}",transform_file="{t}",out_file="{out}"')
+                                        for lm, em, t, out in jobs.values()])
+    return {name: (job[3], r) for (name, job), r in zip(jobs.items(), results)}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_groovy_apply_matches_python_warp(case, applied, fmt):
+    out, r = applied[fmt]
+    assert r.stderr == "" and f"CLEM: applied {Path(case['files'][fmt]).name} to lm.tif" in r.stdout, r.stdout + r.stderr
     assert_same_warp(case, out)
 
 
-def test_groovy_apply_rgb_lm_gives_three_channels(case):
-    out = case["root"] / "warped_rgb.tif"
-    r = run_script(case["app"], "Apply_CLEM_Transform.groovy",
-                   f'image_file="{case["root"] / "rgb.tif"}",target_file="{case["root"] / "em.tif"}",'
-                   f'transform_file="{case["files"]["json"]}",out_file="{out}"')
-    assert r.returncode == 0, r.stderr
+def test_groovy_apply_rgb_lm_gives_three_channels(case, applied):
+    out, r = applied["rgb"]
+    assert r.stderr == "" and "CLEM: applied transform.json to rgb.tif" in r.stdout, r.stdout + r.stderr
     assert_same_warp(case, out, case["rgb"])
 
 
@@ -177,12 +192,9 @@ def assert_exact_float_warp(path, lm, f2m, em_shape):
     assert np.all(got[~mask] == 0)
 
 
-def test_mirrored_transform_through_groovy_apply(case, mirrored):
-    out = mirrored["root"] / "groovy.tif"
-    r = run_script(case["app"], "Apply_CLEM_Transform.groovy",
-                   f'image_file="{mirrored["root"] / "lm_float.tif"}",target_file="{case["root"] / "em.tif"}",'
-                   f'transform_file="{mirrored["files"]["mpicbg_xml"]}",out_file="{out}"')
-    assert r.returncode == 0, r.stderr
+def test_mirrored_transform_through_groovy_apply(case, mirrored, applied):
+    out, r = applied["mirrored"]
+    assert r.stderr == "" and "to lm_float.tif" in r.stdout, r.stdout + r.stderr
     assert_exact_float_warp(out, mirrored["lm"], mirrored["f2m"], case["em"].shape)
 
 
@@ -316,17 +328,15 @@ def assert_same_volume_warp(path, lm, f2m, em_shape, atol):
         assert np.all(got[c][~mask] == 0)
 
 
-def test_apply_3d_transform_to_stacks_groovy_and_jython(case, volumes):
+def test_apply_3d_transform_to_stacks_groovy_and_jython(case, volumes, applied):
     """transform.json with ndim 3 (and the 3-D BigWarp landmarks CSV) on ImageJ stacks: Groovy's Apply CLEM
     Transform and the Jython library give transforms3d.warp_volume's trilinear values (float32 exactly, 16-bit
     within rounding) with the EM's voxel calibration; stacks that do not match the transform, 2-D readers of it and Register EM-LM on stacks are one
     clear sentence."""
     root, f2m, em_shape = volumes["root"], volumes["f2m"], volumes["em_shape"]
     tifffile.imwrite(root / "flat.tif", volumes["lm16"][0])         # a 2-D LM beside an EM stack
-    r = run_script(case["app"], "Apply_CLEM_Transform.groovy",
-                   f'image_file="{root / "lm.tif"}",target_file="{root / "em.tif"}",'
-                   f'transform_file="{root / "transform.json"}",out_file="{root / "groovy.tif"}"')
-    assert r.returncode == 0, r.stdout + r.stderr
+    _, r = applied["3d"]
+    assert r.stderr == "", r.stdout + r.stderr
     assert "CLEM: applied transform.json (3-D) to lm.tif" in r.stdout and "warning: z step 3x the EM's" in r.stdout
     assert_same_volume_warp(root / "groovy.tif", volumes["lm"], f2m, em_shape, atol=1e-5 * 1000)
     back = read_stack(root / "groovy.tif")
@@ -337,10 +347,8 @@ def test_apply_3d_transform_to_stacks_groovy_and_jython(case, volumes):
                      f'transform_file="{root / "transform.json"}",out_file="{root / "x.tif"}"')
     assert bad.returncode == 2 and bad.stderr.strip() == ("error: transform.json is for a 8x30x36 LM stack "
                                                           "(depth x height x width), but em.tif is 12x40x48")
-    r = run_script(case["app"], "Apply_CLEM_Transform.groovy",     # the 3-D BigWarp landmarks CSV (world units)
-                   f'image_file="{root / "lm.tif"}",target_file="{root / "em.tif"}",'
-                   f'transform_file="{volumes["csv"]}",out_file="{root / "groovy_csv.tif"}"')
-    assert r.returncode == 0 and "(3-D)" in r.stdout, r.stdout + r.stderr
+    _, r = applied["3d_csv"]                                         # the 3-D BigWarp landmarks CSV (world units)
+    assert r.stderr == "" and "(3-D)" in r.stdout, r.stdout + r.stderr
     assert_same_volume_warp(root / "groovy_csv.tif", volumes["lm"], f2m, em_shape, atol=1e-3)
     code = f"""
 import clem_bridge_transforms as clem
