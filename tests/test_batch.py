@@ -1,6 +1,5 @@
 """``clem-bridge batch``: manifests (bad ones and bad rows), real runs on a Dask LocalCluster and on a
 scheduler + 2 workers started here, resume after a finished and after a killed run, the report in Chromium."""
-import contextlib
 import csv
 import importlib.util
 import json
@@ -191,22 +190,51 @@ def test_resume_skips_finished_pairs(local_run):
     assert [x["run_id"] for x in rows[:2]] == [f["run_id"] for f in first[:2]]
 
 
-@contextlib.contextmanager
-def dask_cluster(folder: Path, scheduler_args=(), worker_args=()):
-    """``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1; yields the scheduler file."""
-    sched_file = folder / "scheduler.json"
+KILL_FIRST_LOST_WORKER = """
+import os, signal
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+
+class KillFirstLostWorker(SchedulerPlugin):
+    \"\"\"SIGKILL the worker that the first pair named lost* is sent to (once), and note its pid.\"\"\"
+    def __init__(self, scheduler):
+        self.scheduler, self.done = scheduler, False
+
+    def transition(self, key, start, finish, *args, **kwargs):
+        if not self.done and finish == "processing" and str(key).startswith("clem-pair-lost"):
+            self.done = True
+            ws = self.scheduler.tasks[key].processing_on
+            open(MARK, "w").write(str(ws.pid))
+            os.kill(ws.pid, signal.SIGKILL)
+
+
+def dask_setup(scheduler):
+    scheduler.add_plugin(KillFirstLostWorker(scheduler))
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1, the pair modules preloaded as in the
+    README, shared by the tests below (one start-up of three processes that import torch).  The scheduler
+    SIGKILLs the worker that gets the first pair named ``lost*``, once; without a nanny it stays gone, so
+    test_real_cluster_gives_the_local_results runs first.  Yields ``(scheduler file, file with the killed pid)``."""
+    folder = tmp_path_factory.mktemp("cluster")
+    sched_file, mark, preload = folder / "scheduler.json", folder / "killed_pid", folder / "kill_first_lost_worker.py"
+    preload.write_text(KILL_FIRST_LOST_WORKER.replace("MARK", repr(str(mark))))
     procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-                               "--port", "0", "--no-dashboard", "--scheduler-file", sched_file, *scheduler_args],
+                               "--port", "0", "--no-dashboard", "--scheduler-file", sched_file, "--preload", preload],
                               env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     try:
         procs += [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file",
                                     sched_file, "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1",
-                                    *worker_args], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                    "--no-nanny", "--preload", "clem_bridge.workflows.batch"],
+                                   env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                   for _ in range(2)]
         from distributed import Client
         with Client(scheduler_file=str(sched_file), timeout="120s") as c:   # waits for the file and the scheduler
             c.wait_for_workers(2, timeout=120)
-        yield str(sched_file)
+        yield str(sched_file), mark
     finally:
         # workers first, then the scheduler: a worker whose scheduler is gone can take 30 s to give up on it
         for p in [*procs[1:], *procs[:1]]:
@@ -219,17 +247,16 @@ def dask_cluster(folder: Path, scheduler_args=(), worker_args=()):
 
 
 @pytest.mark.slow
-def test_real_cluster_gives_the_local_results(pairs, local_run, tmp_path):
+def test_real_cluster_gives_the_local_results(local_run, cluster, tmp_path):
     """A scheduler and two workers as separate processes on 127.0.0.1, reached through a scheduler file; the
     workers are spawned (not forked) and import the pair modules at start-up through the documented preload."""
     m, local_out, _ = local_run
     out = tmp_path / "out"
-    with dask_cluster(tmp_path, worker_args=["--preload", "clem_bridge.workflows.batch"]) as sched_file:
-        from distributed import Client
-        with Client(scheduler_file=sched_file) as c:
-            preloaded = c.run(lambda: "clem_bridge.workflows.register" in sys.modules)
-        assert list(preloaded.values()) == [True, True]
-        records = run_batch(read_manifest(m, {"device": "cpu"}), out, scheduler=sched_file, progress=False)
+    from distributed import Client
+    with Client(scheduler_file=cluster[0]) as c:
+        preloaded = c.run(lambda: "clem_bridge.workflows.register" in sys.modules)
+    assert list(preloaded.values()) == [True, True]
+    records = run_batch(read_manifest(m, {"device": "cpu"}), out, scheduler=cluster[0], progress=False)
     assert [r["status"] for r in records] == ["ok", "ok", "error"]
     assert len({r["worker"] for r in records[:2]}) == 2
     names = ["p0_em", "one"]
@@ -237,40 +264,14 @@ def test_real_cluster_gives_the_local_results(pairs, local_run, tmp_path):
         np.testing.assert_array_equal(mat, matrices(local_out, names)[n])
 
 
-KILL_FIRST_WORKER = """
-import os, signal
-from distributed.diagnostics.plugin import SchedulerPlugin
-
-
-class KillFirstWorker(SchedulerPlugin):
-    \"\"\"SIGKILL the worker that the first pair is sent to (once), and note its pid.\"\"\"
-    def __init__(self, scheduler):
-        self.scheduler, self.done = scheduler, False
-
-    def transition(self, key, start, finish, *args, **kwargs):
-        if not self.done and finish == "processing" and str(key).startswith("clem-pair-"):
-            self.done = True
-            ws = self.scheduler.tasks[key].processing_on
-            open(MARK, "w").write(str(ws.pid))
-            os.kill(ws.pid, signal.SIGKILL)
-
-
-def dask_setup(scheduler):
-    scheduler.add_plugin(KillFirstWorker(scheduler))
-"""
-
-
 @pytest.mark.slow
-def test_lost_worker_pair_is_rerun_on_another_worker(pairs, tmp_path):
+def test_lost_worker_pair_is_rerun_on_another_worker(pairs, cluster, tmp_path):
+    """The worker that got the first pair is SIGKILLed by the scheduler: the pair is rerun, not lost."""
     d, _ = pairs
-    mark = tmp_path / "killed_pid"
-    preload = tmp_path / "kill_first_worker.py"
-    preload.write_text(KILL_FIRST_WORKER.replace("MARK", repr(str(mark))))
-    m = write_manifest(tmp_path / "two.csv", [{"em": d / f"p{i}_em.tif", "lm": d / f"p{i}_lm.tif"} for i in (0, 1)])
-    with dask_cluster(tmp_path, scheduler_args=["--preload", preload], worker_args=["--no-nanny"]) as sched_file:
-        records = run_batch(read_manifest(m, {"device": "cpu"}), tmp_path / "out", scheduler=sched_file,
-                            progress=False)
-    killed = mark.read_text()
+    m = write_manifest(tmp_path / "two.csv", [{"em": d / f"p{i}_em.tif", "lm": d / f"p{i}_lm.tif", "name": f"lost{i}"}
+                                              for i in (0, 1)])
+    records = run_batch(read_manifest(m, {"device": "cpu"}), tmp_path / "out", scheduler=cluster[0], progress=False)
+    killed = cluster[1].read_text()
     assert [r["status"] in ("ok", "uncertain") and not r["error"] for r in records] == [True, True]
     assert all(not r["worker"].endswith(f":{killed}") for r in records)       # both ran on the survivor
 
