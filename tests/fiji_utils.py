@@ -178,3 +178,23 @@ def run_jython(app: Path, code: str, *, timeout: float = 300) -> subprocess.Comp
     prelude = f"import sys\nsys.dont_write_bytecode = False\nsys.path.insert(0, {str(app / 'jars' / 'Lib')!r})\n"
     return subprocess.run(_java("-cp", CLASSPATH, "org.python.util.jython", "-c", prelude + code),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def run_jython_each(app: Path, programs: list[str], *, timeout: float = 300) -> list[subprocess.CompletedProcess]:
+    """:func:`run_jython` of several programs one after another in ONE JVM, each in a namespace of its own:
+    the result of each, with its own stdout and stderr and the JVM's exit code."""
+    code = f"""
+from java.lang import System
+for code in {programs!r}:
+    exec(compile(code, "<program>", "exec"), {{"__name__": "__main__"}})
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+        stream.write("END_OF_SCRIPT\\n")
+        stream.flush()
+    System.err.flush()
+"""
+    r = run_jython(app, code, timeout=timeout)
+    outs, errs = (text.split("END_OF_SCRIPT\n") for text in (r.stdout, r.stderr))
+    assert r.returncode == 0 and len(outs) == len(errs) == len(programs) + 1, r.stdout + r.stderr
+    return [subprocess.CompletedProcess(r.args, r.returncode, out, err) for out, err in zip(outs, errs)]
+

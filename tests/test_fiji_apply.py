@@ -19,7 +19,7 @@ from clem_bridge.export3d import write_all3d
 from clem_bridge.result import Registration
 from clem_bridge.schema import PixelSize
 from clem_bridge.volume.stack_io import read_stack, write_stack
-from fiji_utils import jvm_missing, make_fiji_app, run_jython, run_script, run_scripts
+from fiji_utils import jvm_missing, make_fiji_app, run_jython_each, run_script, run_scripts
 
 pytestmark = [pytest.mark.jvm, pytest.mark.skipif(jvm_missing() is not None, reason=str(jvm_missing()))]
 
@@ -110,9 +110,9 @@ def test_groovy_apply_bad_transform_file_is_one_clear_line(case, name, content, 
     assert "Exception" not in r.stdout + r.stderr
 
 
-def test_jython_library_reads_python_files_writes_equal_files_and_warps(case):
+def library_program(case):
     root, files = case["root"], case["files"]
-    code = f"""
+    return f"""
 import json
 import clem_bridge_transforms as clem
 from clem_bridge_images import save_tiff
@@ -127,8 +127,11 @@ save_tiff(clem.warp_image(lm, f2m, em), {str(root / 'jy_warped.tif')!r})
 save_tiff(clem.warp_image(IJ.openImage({str(root / 'rgb.tif')!r}), f2m, em), {str(root / 'jy_rgb.tif')!r})
 print(json.dumps(read))
 """
-    r = run_jython(case["app"], code)
-    assert r.returncode == 0, r.stderr
+
+
+def test_jython_library_reads_python_files_writes_equal_files_and_warps(case, jython):
+    root, r = case["root"], jython["library"]
+    assert r.stderr == "", r.stderr
     read = json.loads(r.stdout.strip().splitlines()[-1])
     for k, m in read.items():
         np.testing.assert_allclose(m, case["reg"].fixed_to_moving, atol=1e-9, err_msg=k)
@@ -198,11 +201,9 @@ def test_mirrored_transform_through_groovy_apply(case, mirrored, applied):
     assert_exact_float_warp(out, mirrored["lm"], mirrored["f2m"], case["em"].shape)
 
 
-def test_mirrored_transform_through_jython(case, mirrored):
-    """Every transform file of a mirrored registration reads back as its matrix in Jython, and the Jython
-    warp (the compiled helper) gives Python's values: float32 exactly, 16-bit within rounding."""
+def mirrored_program(case, mirrored):
     root = mirrored["root"]
-    code = f"""
+    return f"""
 import json
 import clem_bridge_transforms as clem
 from clem_bridge_images import save_tiff
@@ -215,8 +216,13 @@ save_tiff(clem.warp_image(lm, read["json"], em), {str(root / 'jy.tif')!r})
 save_tiff(clem.warp_image(lm16, read["json"], em), {str(root / 'jy16.tif')!r})
 print(json.dumps(read))
 """
-    r = run_jython(case["app"], code)
-    assert r.returncode == 0, r.stderr
+
+
+def test_mirrored_transform_through_jython(case, mirrored, jython):
+    """Every transform file of a mirrored registration reads back as its matrix in Jython, and the Jython
+    warp (the compiled helper) gives Python's values: float32 exactly, 16-bit within rounding."""
+    root, r = mirrored["root"], jython["mirrored"]
+    assert r.stderr == "", r.stderr
     for k, m in json.loads(r.stdout.strip().splitlines()[-1]).items():
         np.testing.assert_allclose(m, mirrored["f2m"], atol=1e-9, err_msg=k)
     assert_exact_float_warp(root / "jy.tif", mirrored["lm"], mirrored["f2m"], case["em"].shape)
@@ -229,9 +235,8 @@ print(json.dumps(read))
         assert diff.max() <= 1 and (diff == 0).mean() > 0.99
 
 
-def test_chromatin_channel_defaults_like_the_cli(case):
-    """DeepCLEM's chromatin channel: blue of an RGB image unless given, the only channel, else a clear error."""
-    code = f"""
+def chromatin_program(case):
+    return f"""
 import clem_bridge_images as images
 from clem_bridge_host import ClemError
 from ij import IJ
@@ -244,8 +249,12 @@ try:
 except ClemError as e:
     print("error " + str(e))
 """
-    r = run_jython(case["app"], code)
-    assert r.returncode == 0, r.stderr
+
+
+def test_chromatin_channel_defaults_like_the_cli(case, jython):
+    """DeepCLEM's chromatin channel: blue of an RGB image unless given, the only channel, else a clear error."""
+    r = jython["chromatin"]
+    assert r.stderr == "", r.stderr
     assert f"rgb 2 {case['rgb'][2, 5, 5]} 0" in r.stdout  # blue is the constant 77 plane
     assert "single 0 1" in r.stdout
     assert "error lm.tif has 2 channels; set the chromatin channel (0-based)" in r.stdout
@@ -309,6 +318,7 @@ def volumes(case):
     write_stack(root / "em.tif", rng.integers(0, 255, em_shape).astype(np.uint8), em_vox)
     write_stack(root / "lm.tif", lm, lm_vox)
     write_stack(root / "lm16.tif", lm16, lm_vox)
+    tifffile.imwrite(root / "flat.tif", lm16[0])                     # a 2-D LM beside an EM stack
     reg = Registration(fixed_to_moving=f2m, fixed_shape=em_shape, moving_shape=lm_shape, method="truth", ndim=3,
                        warnings=["z step 3x the EM's"], fixed_pixel_size=em_vox, moving_pixel_size=lm_vox)
     reg.save_json(root / "transform.json")
@@ -328,29 +338,9 @@ def assert_same_volume_warp(path, lm, f2m, em_shape, atol):
         assert np.all(got[c][~mask] == 0)
 
 
-def test_apply_3d_transform_to_stacks_groovy_and_jython(case, volumes, applied):
-    """transform.json with ndim 3 (and the 3-D BigWarp landmarks CSV) on ImageJ stacks: Groovy's Apply CLEM
-    Transform and the Jython library give transforms3d.warp_volume's trilinear values (float32 exactly, 16-bit
-    within rounding) with the EM's voxel calibration; stacks that do not match the transform, 2-D readers of it and Register EM-LM on stacks are one
-    clear sentence."""
-    root, f2m, em_shape = volumes["root"], volumes["f2m"], volumes["em_shape"]
-    tifffile.imwrite(root / "flat.tif", volumes["lm16"][0])         # a 2-D LM beside an EM stack
-    _, r = applied["3d"]
-    assert r.stderr == "", r.stdout + r.stderr
-    assert "CLEM: applied transform.json (3-D) to lm.tif" in r.stdout and "warning: z step 3x the EM's" in r.stdout
-    assert_same_volume_warp(root / "groovy.tif", volumes["lm"], f2m, em_shape, atol=1e-5 * 1000)
-    back = read_stack(root / "groovy.tif")
-    assert back.data.shape == (2, *em_shape)
-    assert (back.voxel.x, back.voxel.y, back.voxel.z) == pytest.approx((0.05, 0.05, 0.1), rel=1e-5)
-    bad = run_script(case["app"], "Apply_CLEM_Transform.groovy",
-                     f'image_file="{root / "em.tif"}",target_file="{root / "em.tif"}",'
-                     f'transform_file="{root / "transform.json"}",out_file="{root / "x.tif"}"')
-    assert bad.returncode == 2 and bad.stderr.strip() == ("error: transform.json is for a 8x30x36 LM stack "
-                                                          "(depth x height x width), but em.tif is 12x40x48")
-    _, r = applied["3d_csv"]                                         # the 3-D BigWarp landmarks CSV (world units)
-    assert r.stderr == "" and "(3-D)" in r.stdout, r.stdout + r.stderr
-    assert_same_volume_warp(root / "groovy_csv.tif", volumes["lm"], f2m, em_shape, atol=1e-3)
-    code = f"""
+def stacks_program(volumes):
+    root = volumes["root"]
+    return f"""
 import clem_bridge_transforms as clem
 from clem_bridge_host import ClemError
 from clem_bridge_images import save_tiff
@@ -371,8 +361,37 @@ fiji.run_command("Register_EM-LM.py", lambda: fiji.register(
     {str(root / 'em.tif')!r}, "", {str(root / 'flat.tif')!r}, "", 0, "", "http://127.0.0.1:9", "", "fast", 0,
     {str(root / 'reg')!r}))
 """
-    r = run_jython(case["app"], code)
-    assert r.returncode == 0, r.stderr
+
+
+@pytest.fixture(scope="module")
+def jython(case, mirrored, volumes):
+    """The Jython library programs of this module, one after another in one JVM: ``{name: result}``."""
+    return dict(zip(["library", "mirrored", "chromatin", "stacks"], run_jython_each(case["app"], [
+        library_program(case), mirrored_program(case, mirrored), chromatin_program(case), stacks_program(volumes)])))
+
+
+def test_apply_3d_transform_to_stacks_groovy_and_jython(case, volumes, applied, jython):
+    """transform.json with ndim 3 (and the 3-D BigWarp landmarks CSV) on ImageJ stacks: Groovy's Apply CLEM
+    Transform and the Jython library give transforms3d.warp_volume's trilinear values (float32 exactly, 16-bit
+    within rounding) with the EM's voxel calibration; stacks that do not match the transform, 2-D readers of it and Register EM-LM on stacks are one
+    clear sentence."""
+    root, f2m, em_shape = volumes["root"], volumes["f2m"], volumes["em_shape"]
+    _, r = applied["3d"]
+    assert r.stderr == "", r.stdout + r.stderr
+    assert "CLEM: applied transform.json (3-D) to lm.tif" in r.stdout and "warning: z step 3x the EM's" in r.stdout
+    assert_same_volume_warp(root / "groovy.tif", volumes["lm"], f2m, em_shape, atol=1e-5 * 1000)
+    back = read_stack(root / "groovy.tif")
+    assert back.data.shape == (2, *em_shape)
+    assert (back.voxel.x, back.voxel.y, back.voxel.z) == pytest.approx((0.05, 0.05, 0.1), rel=1e-5)
+    bad = run_script(case["app"], "Apply_CLEM_Transform.groovy",
+                     f'image_file="{root / "em.tif"}",target_file="{root / "em.tif"}",'
+                     f'transform_file="{root / "transform.json"}",out_file="{root / "x.tif"}"')
+    assert bad.returncode == 2 and bad.stderr.strip() == ("error: transform.json is for a 8x30x36 LM stack "
+                                                          "(depth x height x width), but em.tif is 12x40x48")
+    _, r = applied["3d_csv"]                                         # the 3-D BigWarp landmarks CSV (world units)
+    assert r.stderr == "" and "(3-D)" in r.stdout, r.stdout + r.stderr
+    assert_same_volume_warp(root / "groovy_csv.tif", volumes["lm"], f2m, em_shape, atol=1e-3)
+    r = jython["stacks"]
     assert r.stderr.strip() == ("error: the EM image em.tif is a stack (12 planes); Register EM-LM is 2-D unless both "
                                 "images are Z stacks (then it registers them in 3-D)")
     assert_same_volume_warp(root / "jy16.tif", volumes["lm16"][None], f2m, em_shape, atol=1)
