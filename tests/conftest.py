@@ -20,6 +20,15 @@ def phantom(tmp_path_factory):
     return pair, em, lm, d
 
 
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory):
+    """A real ``python -m clem_bridge.server`` on 127.0.0.1 (no token, default settings) for the modules that
+    only submit jobs to it: one start-up (it imports torch) per pytest process rather than one per module."""
+    from server_utils import running_server
+    with running_server(tmp_path_factory.mktemp("shared-server") / "data") as url:
+        yield url
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _fiji_template_folder(tmp_path_factory):
     """tests/fiji_utils builds its template Fiji.app once per run: in the folder that pytest-xdist's workers share."""

@@ -13,7 +13,6 @@ from clem_bridge import fiji, fiji_install, io, synthetic, transforms
 from clem_bridge.errors import InputError
 from clem_bridge.result import Registration
 from fiji_utils import jvm_missing
-from server_utils import running_server
 
 SCRIPTS = sorted((fiji_install.scripts_dir() / "scripts" / "Plugins" / "CLEM").iterdir())
 
@@ -89,7 +88,6 @@ PROGRAM = textwrap.dedent('''
                           "transform_file": d["transform"], "out_file": d["out"]})
     arrays["warped"], ps = res["warped"]
     out["warped_ps"] = ps.x
-    d["url"] = sys.stdin.readline().strip()  # the test starts the server meanwhile
     status = fiji.run_script("CLEM_Server_Status.py", 'server_url="%s"' % d["url"])
     out["status"] = status["status"]
     try:
@@ -104,7 +102,7 @@ PROGRAM = textwrap.dedent('''
 
 @pytest.mark.jvm
 @pytest.mark.skipif(jvm_missing() is not None, reason=str(jvm_missing()))
-def test_scyjava_backend_conversions_and_scripts(tmp_path):
+def test_scyjava_backend_conversions_and_scripts(tmp_path, server_url):
     pair = synthetic.make_pair((96, 112), seed=1, lm_pixel_ratio=1.3)
     lm = (pair.lm["fluorescence"] * 1000).astype(np.float32)
     io.write_tiff(tmp_path / "em.tif", (pair.em * 255).astype(np.uint8), pixel_size=pair.fixed_pixel_size)
@@ -113,18 +111,12 @@ def test_scyjava_backend_conversions_and_scripts(tmp_path):
                  method="truth").save_json(tmp_path / "t.json")
     with socket_closed_port() as dead:
         args = {"em": str(tmp_path / "em.tif"), "lm": str(tmp_path / "lm.tif"), "transform": str(tmp_path / "t.json"),
-                "out": str(tmp_path / "w.tif"), "dead": dead, "npz": str(tmp_path / "a.npz")}
+                "out": str(tmp_path / "w.tif"), "dead": dead, "npz": str(tmp_path / "a.npz"), "url": server_url}
         env = {k: v for k, v in os.environ.items() if k != "CLEM_BRIDGE_FIJI"}
-        with subprocess.Popen([sys.executable, "-c", PROGRAM, json.dumps(args)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**env, "OMP_NUM_THREADS": "1"}) as proc:  # the JVM starts while the server does
-            try:
-                with running_server(tmp_path / "data") as url:
-                    stdout, stderr = proc.communicate(url + "\n", timeout=300)
-            finally:
-                proc.kill()
-    assert proc.returncode == 0, stderr[-3000:]
-    out = json.loads(stdout.split("RESULT ", 1)[1])
+        r = subprocess.run([sys.executable, "-c", PROGRAM, json.dumps(args)], capture_output=True, text=True,
+                           timeout=300, env={**env, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.split("RESULT ", 1)[1])
     assert out["backend"] == "ij1"
     assert set(fiji.FAST_START) <= set(out["jvm_args"])
     for dt in ("uint8", "uint16", "float32"):

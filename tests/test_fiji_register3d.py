@@ -13,7 +13,7 @@ from clem_bridge.schema import PixelSize
 from clem_bridge.transforms3d import tre3d_components
 from clem_bridge.volume.phantom import make_phantom3d
 from clem_bridge.volume.stack_io import read_stack, write_stack
-from fiji_utils import fiji_app_and_server, jvm_missing, run_script
+from fiji_utils import jvm_missing, make_fiji_app, run_script
 
 pytestmark = [pytest.mark.jvm, pytest.mark.slow,
               pytest.mark.skipif(jvm_missing() is not None, reason=str(jvm_missing()))]
@@ -21,7 +21,7 @@ GEOMETRY = dict(em_shape=(16, 64, 64), em_voxel=(0.15, 0.15, 0.3), lm_shape=(10,
                 psf_sigma_um=(0.15, 0.15, 0.8), cell_size=4.5)
 
 
-def test_register_em_lm_on_stacks_runs_3d(tmp_path):
+def test_register_em_lm_on_stacks_runs_3d(tmp_path, server_url):
     ph = make_phantom3d(**GEOMETRY, rot_z_deg=-15, shift_frac=(-0.05, 0.06, 0.1), seed=7)
     em_path = write_stack(tmp_path / "em.tif", (np.clip(ph.em, 0, 1) * 255).astype(np.uint8),
                           PixelSize(x=150, y=150, z=300, unit="nm"))
@@ -30,14 +30,14 @@ def test_register_em_lm_on_stacks_runs_3d(tmp_path):
     flat = tmp_path / "flat.tif"
     tifffile.imwrite(flat, (ph.lm[0, 5] * 1000).astype(np.uint16), imagej=True)
     out = tmp_path / "out"
-    with fiji_app_and_server(tmp_path) as (app, url):
-        r = run_script(app, "Register_EM-LM.py", f'em_file="{em_path}",lm_file="{lm_path}",reg_channel=0,'
-                       f'channels="",server_url="{url}",seed=0,out_dir="{out}"')
-        assert r.returncode == 0, r.stdout + r.stderr
-        assert "CLEM 3-D: EM voxel 0.15 x 0.15 x 0.3 um (x, y, z) for em.tif" in r.stdout, r.stdout
-        assert "CLEM 3-D registration: status ok" in r.stdout, r.stdout
-        bad = run_script(app, "Register_EM-LM.py", f'em_file="{em_path}",lm_file="{flat}",server_url="{url}",'
-                         f'out_dir="{tmp_path / "bad"}"')
+    app = make_fiji_app(tmp_path)
+    r = run_script(app, "Register_EM-LM.py", f'em_file="{em_path}",lm_file="{lm_path}",reg_channel=0,'
+                   f'channels="",server_url="{server_url}",seed=0,out_dir="{out}"')
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "CLEM 3-D: EM voxel 0.15 x 0.15 x 0.3 um (x, y, z) for em.tif" in r.stdout, r.stdout
+    assert "CLEM 3-D registration: status ok" in r.stdout, r.stdout
+    bad = run_script(app, "Register_EM-LM.py", f'em_file="{em_path}",lm_file="{flat}",server_url="{server_url}",'
+                     f'out_dir="{tmp_path / "bad"}"')
     reg = load_transform_json(out / "transform.json")
     assert reg.ndim == 3 and reg.status == "ok"
     err = tre3d_components(reg.fixed_to_moving, ph.fixed_to_moving, ph.em.shape, fixed_voxel=ph.em_voxel,

@@ -178,21 +178,18 @@ def test_prepare_command(pair, tmp_path):
 
 
 @pytest.mark.parametrize("where", ["local", "server"])
-def test_register_command_with_prepare(tmp_path, where):
+def test_register_command_with_prepare(tmp_path, where, request):
     """``clem-bridge register --prepare`` (locally and as a server job): LM at 5x the EM pixel size with a
     larger field of view; transform.json maps EM pixels straight to ORIGINAL LM pixels."""
-    import contextlib
     import json
 
     from clem_bridge.synthetic import save_pair
-    from server_utils import running_server
     em_shape, lm_shape, r = (320, 384), (128, 128), 5.0
     f2m = centred_affine(em_shape, lm_shape, rotation_deg=-4.0, scale=(1.02 / r, 0.99 / r), shear=0.01,
                          translation=(9.0, -6.0))
     em, lm = save_pair(make_pair(em_shape, f2m, seed=4, moving_shape=lm_shape, lm_pixel_ratio=r), tmp_path)
-    with (running_server(tmp_path / "data") if where == "server" else contextlib.nullcontext()) as url:
-        extra = ["--server", url] if url else ["--device", "cpu"]
-        res = _cli("register", em, lm, "--prepare", *extra, "--out", tmp_path / "out")
+    extra = ["--server", request.getfixturevalue("server_url")] if where == "server" else ["--device", "cpu"]
+    res = _cli("register", em, lm, "--prepare", *extra, "--out", tmp_path / "out")
     assert res.returncode == 0, res.stderr[-2000:]
     rec = json.loads((tmp_path / "out" / "transform.json").read_text())
     assert rec["fixed_shape"] == list(em_shape) and rec["moving_shape"] == list(lm_shape)
