@@ -295,8 +295,12 @@ def test_killed_batch_completes_on_rerun_without_recomputing(pairs, tmp_path):
     assert done_first and not (out / "summary.csv").exists()
     run_a = json.loads((out / done_first[0] / "pair.json").read_text())["run_id"]
 
-    r = cli("batch", m, "--out", out, "--workers", "1", "--device", "cpu")
-    assert r.returncode == 0, r.stderr[-2000:]
+    # the rerun in process (a command's second start would import torch and start a preloaded forkserver again)
+    from typer.testing import CliRunner
+
+    from clem_bridge.cli import app
+    r = CliRunner().invoke(app, ["batch", str(m), "--out", str(out), "--workers", "1", "--device", "cpu"])
+    assert r.exit_code == 0, r.stderr[-2000:]
     rows = {x["name"]: x for x in csv.DictReader(open(out / "summary.csv"))}
     assert set(rows) == {"p0_em", "p1_em", "p2_em"}
     assert all(x["status"] in ("ok", "uncertain") and not x["error"] for x in rows.values())
