@@ -5,10 +5,11 @@ import pytest
 
 from clem_bridge.synthetic import make_pair, save_pair
 
-# worker-seconds of a full ``scripts/test.sh`` run, heaviest first (the other modules take a few seconds each)
-HEAVY_MODULES = ("test_batch.py", "test_fiji_server.py", "test_correlate.py", "test_fiji_apply.py",
-                 "test_volume_register.py", "test_insilico.py", "test_preprocess.py", "test_bridge.py",
-                 "test_register.py")
+# roughly heaviest first (seconds of a full ``scripts/test.sh`` run); the other modules take a few seconds each
+HEAVY_MODULES = ("test_fiji_server.py", "test_batch.py", "test_correlate.py", "test_volume_register.py",
+                 "test_insilico.py", "test_fiji_apply.py", "test_preprocess.py", "test_cli.py", "test_bridge.py",
+                 "test_register.py", "test_fiji_fiducials.py", "test_client.py", "test_insilico_server.py",
+                 "test_server.py", "test_fiji_register3d.py", "test_register3d_server.py")
 
 
 @pytest.fixture(scope="module")
