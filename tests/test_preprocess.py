@@ -146,11 +146,20 @@ def test_bad_channels_and_reg_channel(pair):
 
 
 def _cli(*args):
+    """The command as a real subprocess."""
     import os
     import subprocess
     import sys
     return subprocess.run([sys.executable, "-c", "from clem_bridge.cli import main; main()", *map(str, args)],
                           capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _cli_in_process(*args):
+    """The same command in this process (a subprocess costs seconds of imports; test_prepare_command runs one)."""
+    from typer.testing import CliRunner
+
+    from clem_bridge.cli import app
+    return CliRunner().invoke(app, list(map(str, args)))
 
 
 def test_prepare_command(pair, tmp_path):
@@ -172,8 +181,8 @@ def test_prepare_command(pair, tmp_path):
     assert img.pixel_size.x == pytest.approx(pair.fixed_pixel_size.x)
     np.testing.assert_allclose(img.data[0].astype(float), T.warp_image(lm_stack[1], rec["fixed_to_moving"], EM_SHAPE),
                                atol=1)
-    bad = _cli("prepare", em, lm, "--psr", "-3", "--out", tmp_path / "bad")
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    bad = _cli_in_process("prepare", em, lm, "--psr", "-3", "--out", tmp_path / "bad")
+    assert bad.exit_code == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1].startswith("error: the pixel size ratio must be a positive")
 
 
@@ -189,8 +198,8 @@ def test_register_command_with_prepare(tmp_path, where, request):
                          translation=(9.0, -6.0))
     em, lm = save_pair(make_pair(em_shape, f2m, seed=4, moving_shape=lm_shape, lm_pixel_ratio=r), tmp_path)
     extra = ["--server", request.getfixturevalue("server_url")] if where == "server" else ["--device", "cpu"]
-    res = _cli("register", em, lm, "--prepare", *extra, "--out", tmp_path / "out")
-    assert res.returncode == 0, res.stderr[-2000:]
+    res = _cli_in_process("register", em, lm, "--prepare", *extra, "--out", tmp_path / "out")
+    assert res.exit_code == 0, res.stderr[-2000:]
     rec = json.loads((tmp_path / "out" / "transform.json").read_text())
     assert rec["fixed_shape"] == list(em_shape) and rec["moving_shape"] == list(lm_shape)
     assert abs(rec["params"]["prepare"]["psr"] / r - 1) < 0.03
