@@ -23,10 +23,11 @@ def phantom(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def server_url(tmp_path_factory):
-    """A real ``python -m clem_bridge.server`` on 127.0.0.1 (no token, default settings) for the modules that
-    only submit jobs to it: one start-up (it imports torch) per pytest process rather than one per module."""
-    from server_utils import running_server
-    with running_server(tmp_path_factory.mktemp("shared-server") / "data") as url:
+    """A real ``python -m clem_bridge.server`` on 127.0.0.1 (token ``server_utils.TOKEN``, default settings) for
+    the modules that only submit jobs to it: one start-up (it imports torch) per pytest process rather than
+    one per module."""
+    from server_utils import TOKEN, running_server
+    with running_server(tmp_path_factory.mktemp("shared-server") / "data", token=TOKEN) as url:
         yield url
 
 

@@ -20,15 +20,12 @@ classes it loaded (Jython, Groovy, ImageJ) as a class-data-sharing archive; apps
 from __future__ import annotations
 
 import atexit
-import contextlib
 import json
 import os
 import shutil
 import subprocess
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
 
 from clem_bridge import fiji, fiji_install
 
@@ -75,17 +72,6 @@ def make_fiji_app(root: Path) -> Path:
     app = root / "Fiji.app"
     shutil.copytree(_template_app(), app, symlinks=True)  # keeps the modules' times, so their $py.class stay valid
     return app
-
-
-@contextlib.contextmanager
-def fiji_app_and_server(root: Path, **server_kw) -> Iterator[tuple[Path, str]]:
-    """``make_fiji_app(root)`` and ``running_server(root / "data", **server_kw)``, started side by side:
-    yields ``(app, url)``."""
-    from server_utils import running_server
-    with ThreadPoolExecutor(1) as pool:
-        app = pool.submit(make_fiji_app, root)
-        with running_server(root / "data", **server_kw) as url:
-            yield app.result(), url
 
 
 def _template_app() -> Path:

@@ -36,6 +36,7 @@ from clem_bridge.server.schemas import Job, JobState
 from clem_bridge.server.submit import parse_params, submit_job, wait_and_reply
 
 BASE_URL = "http://127.0.0.1:8765"      # what a TestClient request looks like: a loopback Host header
+TOKEN = "s3cret-token"                  # the token of conftest's shared server (``server_url``)
 _URL = re.compile(r"on (http://\S+) ")
 _TESTS = Path(__file__).resolve().parent
 

@@ -18,22 +18,22 @@ from clem_bridge.io import read_image, write_tiff
 from clem_bridge.result import load_transform_json
 from clem_bridge.schema import PixelSize
 from clem_bridge.synthetic import make_pair, save_pair
-from server_utils import running_server
+from server_utils import TOKEN
 
 SHAPE = (128, 128)
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("client") / "data", token="tok") as u:
-        yield u
+def url(server_url):
+    """conftest's shared server (token ``TOKEN``)."""
+    return server_url
 
 
 def test_register_end_to_end_recovers_the_matrix(url, tmp_path):
     pair = make_pair(shape=SHAPE, seed=5)
     lm = np.stack([pair.lm["reflected"], pair.lm["chromatin"]])
     seen = []
-    with Client(url, token="tok") as c:
+    with Client(url, token=TOKEN) as c:
         assert c.health()["status"] == "ok"
         job = c.register(pair.em, lm, extra=[pair.lm["fluorescence"]], reg_channel=0,
                          em_pixel_size={"x": 0.01, "y": 0.01, "unit": "um"}, seed=1, wait=300)
@@ -68,7 +68,7 @@ def test_fiducials_files_and_landmarks(url, tmp_path):
     ph = make_bead_phantom(4, em_shape=(512, 512), lm_shape=(120, 160), n_beads=(10, 14), mirror=True)
     em_ps, lm_ps = PixelSize(x=10, y=10, unit="nm"), PixelSize(x=65, y=65, unit="nm")
     write_tiff(tmp_path / "em.tif", ph.em, em_ps)
-    with Client(url, token="tok") as c:
+    with Client(url, token=TOKEN) as c:
         reg = c.fiducials_files(tmp_path / "em.tif", ph.lm, tmp_path / "out", lm_pixel_size=lm_ps, model="affine")
         assert reg.method == "fiducials" and reg.outcome == "ok" and reg.params["model"] == "affine"
         assert T.tre(reg.fixed_to_moving, ph.fixed_to_moving, (512, 512), step=16) < 0.5
@@ -90,7 +90,7 @@ def test_fiducials_files_and_landmarks(url, tmp_path):
 
 
 def test_errors_carry_the_server_sentence(url):
-    with Client(url, token="tok") as c:
+    with Client(url, token=TOKEN) as c:
         with pytest.raises(ServerError) as e:
             c.result("0" * 32)
         assert e.value.status == 404 and e.value.code == "not_found" and "no job" in str(e.value)
@@ -119,7 +119,7 @@ def _cli(*args: str):
 def test_cli_register_through_the_server(url, tmp_path):
     pair = make_pair(shape=(96, 96), seed=2)
     em, lm = save_pair(pair, tmp_path / "in")
-    p = _cli("register", str(em), str(lm), "-o", str(tmp_path / "out"), "--server", url, "--token", "tok",
+    p = _cli("register", str(em), str(lm), "-o", str(tmp_path / "out"), "--server", url, "--token", TOKEN,
              "--seed", "2")
     assert p.exit_code == 0, p.output
     written = {f.name for f in (tmp_path / "out").iterdir()}

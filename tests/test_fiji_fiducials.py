@@ -17,6 +17,7 @@ from clem_bridge.io import read_image, write_tiff
 from clem_bridge.result import load_transform_json
 from clem_bridge.schema import PixelSize
 from fiji_utils import jvm_missing, make_fiji_app, run_jython, run_script
+from server_utils import TOKEN
 
 pytestmark = [pytest.mark.jvm, pytest.mark.slow,
               pytest.mark.skipif(jvm_missing() is not None, reason=str(jvm_missing()))]
@@ -45,7 +46,7 @@ def test_register_fiducials_end_to_end(env):
     root, out = env["root"], env["root"] / "out"
     r = run_script(env["app"], "Register_Fiducials.py",
                    f'em_file="{root / "em.tif"}",lm_file="{root / "lm.tif"}",server_url="{env["url"]}",'
-                   f'out_dir="{out}"')
+                   f'token="{TOKEN}",out_dir="{out}"')
     assert r.returncode == 0, r.stdout + r.stderr
     reg = load_transform_json(out / "transform.json")
     assert reg.method == "fiducials" and reg.params["mirrored"] and reg.outcome == "ok"
@@ -71,7 +72,7 @@ def test_failed_bead_match_exits_3_after_saving(env, tmp_path):
     write_tiff(tmp_path / "lm.tif", few.lm, LM_PS)
     r = run_script(env["app"], "Register_Fiducials.py",
                    f'em_file="{tmp_path / "em.tif"}",lm_file="{tmp_path / "lm.tif"}",server_url="{env["url"]}",'
-                   f'out_dir="{tmp_path / "out"}"')
+                   f'token="{TOKEN}",out_dir="{tmp_path / "out"}"')
     assert r.returncode == 3, r.stdout + r.stderr
     assert "CLEM fiducials: status failed" in r.stdout and re.search(r"^warning: ", r.stdout, re.MULTILINE)
     assert load_transform_json(tmp_path / "out" / "transform.json").outcome == "failed"
@@ -105,14 +106,14 @@ em.setRoi(points({em_pts[:, 0].tolist()!r}, {em_pts[:, 1].tolist()!r}))
 lm.setRoi(points({lm_pts[:, 0].tolist()!r}, {lm_pts[:, 1].tolist()!r}))
 FileSaver(em).saveAsTiff({str(tmp_path / 'em_points.tif')!r})
 FileSaver(lm).saveAsTiff({str(tmp_path / 'lm_points.tif')!r})
-url = {env['url']!r}
+url, token = {env['url']!r}, {TOKEN!r}
 def landmarks(out):
     return clem.run_command("x", lambda: clem.landmarks(None, em.getTitle(), None, lm.getTitle(), "similarity", "",
-                                                        url, "", out))
+                                                        url, token, out))
 warped, status = landmarks({str(tmp_path / 'a')!r})
 print("STATUS " + status)
 clem.run_command("x", lambda: clem.fiducials(None, em.getTitle(), None, lm.getTitle(), 0, 200, "auto", "auto",
-                                             "quadratic", url, "", {str(tmp_path / 'f')!r}))
+                                             "quadratic", url, token, {str(tmp_path / 'f')!r}))
 lm.setRoi(points([1.0, 50.0, 90.0], [1.0, 50.0, 90.0]))
 em.setRoi(points([1.0, 50.0, 99.0], [1.0, 50.0, 99.0]))
 landmarks({str(tmp_path / 'b')!r})
@@ -147,7 +148,7 @@ landmarks({str(tmp_path / 'c')!r})
     # point selections saved in the TIFFs: the menu command, headless, with files
     r = run_script(env["app"], "Register_Landmarks.py",
                    f'em_file="{tmp_path / "em_points.tif"}",lm_file="{tmp_path / "lm_points.tif"}",model="affine",'
-                   f'server_url="{env["url"]}",out_dir="{tmp_path / "cli"}"')
+                   f'server_url="{env["url"]}",token="{TOKEN}",out_dir="{tmp_path / "cli"}"')
     assert r.returncode == 0, r.stdout + r.stderr
     assert "CLEM landmarks: fitted 6 point pairs (affine)" in r.stdout and "CLEM landmarks: status ok" in r.stdout
     np.testing.assert_allclose(load_transform_json(tmp_path / "cli" / "transform.json").fixed_to_moving,

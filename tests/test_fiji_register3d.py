@@ -14,6 +14,7 @@ from clem_bridge.transforms3d import tre3d_components
 from clem_bridge.volume.phantom import make_phantom3d
 from clem_bridge.volume.stack_io import read_stack, write_stack
 from fiji_utils import jvm_missing, make_fiji_app, run_script
+from server_utils import TOKEN
 
 pytestmark = [pytest.mark.jvm, pytest.mark.slow,
               pytest.mark.skipif(jvm_missing() is not None, reason=str(jvm_missing()))]
@@ -32,12 +33,12 @@ def test_register_em_lm_on_stacks_runs_3d(tmp_path, server_url):
     out = tmp_path / "out"
     app = make_fiji_app(tmp_path)
     r = run_script(app, "Register_EM-LM.py", f'em_file="{em_path}",lm_file="{lm_path}",reg_channel=0,'
-                   f'channels="",server_url="{server_url}",seed=0,out_dir="{out}"')
+                   f'channels="",server_url="{server_url}",token="{TOKEN}",seed=0,out_dir="{out}"')
     assert r.returncode == 0, r.stdout + r.stderr
     assert "CLEM 3-D: EM voxel 0.15 x 0.15 x 0.3 um (x, y, z) for em.tif" in r.stdout, r.stdout
     assert "CLEM 3-D registration: status ok" in r.stdout, r.stdout
     bad = run_script(app, "Register_EM-LM.py", f'em_file="{em_path}",lm_file="{flat}",server_url="{server_url}",'
-                     f'out_dir="{tmp_path / "bad"}"')
+                     f'token="{TOKEN}",out_dir="{tmp_path / "bad"}"')
     reg = load_transform_json(out / "transform.json")
     assert reg.ndim == 3 and reg.status == "ok"
     err = tre3d_components(reg.fixed_to_moving, ph.fixed_to_moving, ph.em.shape, fixed_voxel=ph.em_voxel,

@@ -197,7 +197,9 @@ def test_register_command_with_prepare(tmp_path, where, request):
     f2m = centred_affine(em_shape, lm_shape, rotation_deg=-4.0, scale=(1.02 / r, 0.99 / r), shear=0.01,
                          translation=(9.0, -6.0))
     em, lm = save_pair(make_pair(em_shape, f2m, seed=4, moving_shape=lm_shape, lm_pixel_ratio=r), tmp_path)
-    extra = ["--server", request.getfixturevalue("server_url")] if where == "server" else ["--device", "cpu"]
+    from server_utils import TOKEN
+    extra = (["--server", request.getfixturevalue("server_url"), "--token", TOKEN] if where == "server"
+             else ["--device", "cpu"])
     res = _cli_in_process("register", em, lm, "--prepare", *extra, "--out", tmp_path / "out")
     assert res.exit_code == 0, res.stderr[-2000:]
     rec = json.loads((tmp_path / "out" / "transform.json").read_text())

@@ -13,7 +13,7 @@ from clem_bridge.schema import PixelSize
 from clem_bridge.transforms3d import tre3d_components
 from clem_bridge.volume.phantom import make_phantom3d
 from clem_bridge.volume.stack_io import read_stack, write_stack
-from server_utils import app_client
+from server_utils import TOKEN, app_client
 
 GEOMETRY = dict(em_shape=(16, 64, 64), em_voxel=(0.15, 0.15, 0.3), lm_shape=(10, 64, 64), lm_voxel=(0.3, 0.3, 2.0),
                 psf_sigma_um=(0.15, 0.15, 0.8), cell_size=4.5)
@@ -88,7 +88,7 @@ def test_register3d_bad_input_is_422(stacks, tmp_path):
 
 def test_client_register3d_files(stacks, tmp_path, server_url):
     ph, em_path, lm_path = stacks
-    with Client(server_url) as c:
+    with Client(server_url, token=TOKEN) as c:
         reg = c.register3d_files(em_path, lm_path, tmp_path / "out", em_voxel=ph.em_voxel, **FAST)
     assert reg.ndim == 3 and reg.status == "ok"
     err = _error(reg.fixed_to_moving, ph)
