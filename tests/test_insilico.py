@@ -262,6 +262,20 @@ def test_cli_train_chromatin_writes_model_and_card(tmp_path):
     assert r.exit_code == 2 and r.output.strip().startswith("error:") and "Traceback" not in r.output
 
 
+def test_cli_train_defaults_are_the_training_recipe():
+    """A plain ``train-chromatin`` trains with TrainConfig's recipe (the one the shipped model was made with)."""
+    import typer.main
+    cmd = typer.main.get_command(app).commands["train-chromatin"]
+    given = {p.name: p.default for p in cmd.params}
+    cfg = TrainConfig()
+    assert (given["patch"], given["epochs"], given["steps"], given["bin_"], given["em_normalisation"]) == \
+        (cfg.patch, cfg.max_epochs, cfg.steps_per_epoch, cfg.bin, cfg.em_normalisation)
+    card = load_model(DEFAULT_MODEL, device="cpu").card["training"]
+    assert {k: card[k] for k in ("bin", "max_epochs", "steps_per_epoch", "lr_schedule", "pearson_weight", "keep")} == \
+        {"bin": cfg.bin, "max_epochs": cfg.max_epochs, "steps_per_epoch": cfg.steps_per_epoch,
+         "lr_schedule": cfg.lr_schedule, "pearson_weight": cfg.pearson_weight, "keep": cfg.keep}
+
+
 def test_clahe_normalises_a_crop_like_the_full_field():
     """Half the field is empty bright resin: global equalisation of the full image then maps the cells
     differently from a crop of the cells alone; CLAHE (local, the shipped model's) barely changes."""

@@ -34,7 +34,7 @@ class TrainConfig:
     val_fraction: float = 0.2
     foreground_fraction: float = 0.5
     seed: int = 0
-    em_normalisation: str = "equalize_hist"   # or "clahe" (see normalize.normalize_em)
+    em_normalisation: str = "clahe"           # or "equalize_hist" (see normalize.normalize_em)
     lr_schedule: str = "cosine"               # cosine: lr decays to 5 % at the last step; or "constant"
     pearson_weight: float = 0.5               # loss = MSE + pearson_weight * (1 - Pearson r per patch)
     keep: str = "last"                        # weights kept: "last" epoch, or "best" (lowest validation
