@@ -25,6 +25,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from clem_bridge import fiji, fiji_install
@@ -72,6 +73,15 @@ def make_fiji_app(root: Path) -> Path:
     app = root / "Fiji.app"
     shutil.copytree(_template_app(), app, symlinks=True)  # keeps the modules' times, so their $py.class stay valid
     return app
+
+
+def fiji_app_and_server(root: Path, request) -> tuple[Path, str]:
+    """``make_fiji_app(root)`` and the URL of conftest's shared server (``server_url``), the first build of the
+    template Fiji.app running while the server starts: ``(app, url)``."""
+    with ThreadPoolExecutor(1) as pool:
+        app = pool.submit(make_fiji_app, root)
+        url = request.getfixturevalue("server_url")
+        return app.result(), url
 
 
 def _template_app() -> Path:

@@ -16,7 +16,7 @@ from clem_bridge.fiducials.simulate import make_bead_phantom
 from clem_bridge.io import read_image, write_tiff
 from clem_bridge.result import load_transform_json
 from clem_bridge.schema import PixelSize
-from fiji_utils import jvm_missing, make_fiji_app, run_jython, run_script
+from fiji_utils import fiji_app_and_server, jvm_missing, run_jython, run_script
 from server_utils import TOKEN
 
 pytestmark = [pytest.mark.jvm, pytest.mark.slow,
@@ -26,13 +26,14 @@ BUDGET = ("sigma_em", "sigma_lm", "sigma_alignment", "sigma_total", "fre", "tre_
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory, server_url):
+def env(tmp_path_factory, request):
     root = tmp_path_factory.mktemp("fiji_fiducials")
     ph = make_bead_phantom(4, em_shape=(512, 512), lm_shape=(120, 160), n_beads=(10, 14), mirror=True)
     write_tiff(root / "em.tif", ph.em, EM_PS)
     write_tiff(root / "lm.tif", ph.lm, LM_PS)
     write_tiff(root / "lm_uncal.tif", ph.lm)
-    return {"root": root, "app": make_fiji_app(root), "url": server_url, "ph": ph}
+    app, url = fiji_app_and_server(root, request)
+    return {"root": root, "app": app, "url": url, "ph": ph}
 
 
 def budget_line(record, label):

@@ -13,7 +13,7 @@ from clem_bridge.schema import PixelSize
 from clem_bridge.transforms3d import tre3d_components
 from clem_bridge.volume.phantom import make_phantom3d
 from clem_bridge.volume.stack_io import read_stack, write_stack
-from fiji_utils import jvm_missing, make_fiji_app, run_script
+from fiji_utils import fiji_app_and_server, jvm_missing, run_script
 from server_utils import TOKEN
 
 pytestmark = [pytest.mark.jvm, pytest.mark.slow,
@@ -22,7 +22,7 @@ GEOMETRY = dict(em_shape=(16, 64, 64), em_voxel=(0.15, 0.15, 0.3), lm_shape=(10,
                 psf_sigma_um=(0.15, 0.15, 0.8), cell_size=4.5)
 
 
-def test_register_em_lm_on_stacks_runs_3d(tmp_path, server_url):
+def test_register_em_lm_on_stacks_runs_3d(tmp_path, request):
     ph = make_phantom3d(**GEOMETRY, rot_z_deg=-15, shift_frac=(-0.05, 0.06, 0.1), seed=7)
     em_path = write_stack(tmp_path / "em.tif", (np.clip(ph.em, 0, 1) * 255).astype(np.uint8),
                           PixelSize(x=150, y=150, z=300, unit="nm"))
@@ -31,7 +31,7 @@ def test_register_em_lm_on_stacks_runs_3d(tmp_path, server_url):
     flat = tmp_path / "flat.tif"
     tifffile.imwrite(flat, (ph.lm[0, 5] * 1000).astype(np.uint16), imagej=True)
     out = tmp_path / "out"
-    app = make_fiji_app(tmp_path)
+    app, server_url = fiji_app_and_server(tmp_path, request)
     r = run_script(app, "Register_EM-LM.py", f'em_file="{em_path}",lm_file="{lm_path}",reg_channel=0,'
                    f'channels="",server_url="{server_url}",token="{TOKEN}",seed=0,out_dir="{out}"')
     assert r.returncode == 0, r.stdout + r.stderr

@@ -21,7 +21,7 @@ import tifffile
 from clem_bridge import export, io, synthetic, transforms
 from clem_bridge.insilico import DEFAULT_MODEL
 from clem_bridge.result import load_transform_json
-from fiji_utils import jvm_missing, make_fiji_app, run_script
+from fiji_utils import fiji_app_and_server, jvm_missing, make_fiji_app, run_script
 from server_utils import TOKEN
 
 pytestmark = [pytest.mark.jvm, pytest.mark.slow,
@@ -39,12 +39,13 @@ def write_pair(folder, name, pair):
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory, server_url):
+def env(tmp_path_factory, request):
     """The phantom pair, a Fiji.app and conftest's shared server (token ``TOKEN``)."""
     root = tmp_path_factory.mktemp("fiji_server")
     pair = synthetic.make_pair(SIZE, seed=3, lm_pixel_ratio=1.4)
     em, lm = write_pair(root, "a", pair)
-    return {"root": root, "app": make_fiji_app(root), "url": server_url, "pair": pair, "em": em, "lm": lm}
+    app, url = fiji_app_and_server(root, request)
+    return {"root": root, "app": app, "url": url, "pair": pair, "em": em, "lm": lm}
 
 
 def free_port():
