@@ -178,6 +178,19 @@ def _scipy_matrix(fixed_to_moving) -> tuple[np.ndarray, np.ndarray]:
     return b[:2, :2], b[:2, 2]
 
 
+def _mapped(a: np.ndarray, rows: int, cols: int, offset: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Moving-image coordinates (xm, ym) of a block of the output grid (``rows`` × ``cols`` from ``offset``)."""
+    ys = np.arange(rows, dtype=np.float64)[:, None] + offset[0]
+    xs = np.arange(cols, dtype=np.float64)[None, :] + offset[1]
+    return a[0, 0] * xs + a[0, 1] * ys + a[0, 2], a[1, 0] * xs + a[1, 1] * ys + a[1, 2]
+
+
+def _inside(xm: np.ndarray, ym: np.ndarray, moving_shape: Shape) -> np.ndarray:
+    eps = 1e-6
+    return ((xm >= -eps) & (xm <= moving_shape[1] - 1 + eps)
+            & (ym >= -eps) & (ym <= moving_shape[0] - 1 + eps))
+
+
 def valid_mask(fixed_to_moving, out_shape: Shape, moving_shape: Shape,
                offset: tuple[int, int] = (0, 0)) -> np.ndarray:
     """Boolean mask over the output grid: True where the mapped point falls inside the moving image.
@@ -185,15 +198,8 @@ def valid_mask(fixed_to_moving, out_shape: Shape, moving_shape: Shape,
     ``offset`` = (row, col) of the output block's top-left pixel in the full output grid
     (for tiled warping).
     """
-    h, w = int(out_shape[0]), int(out_shape[1])
-    a = as_matrix(fixed_to_moving)
-    ys = np.arange(h, dtype=np.float64)[:, None] + offset[0]
-    xs = np.arange(w, dtype=np.float64)[None, :] + offset[1]
-    xm = a[0, 0] * xs + a[0, 1] * ys + a[0, 2]
-    ym = a[1, 0] * xs + a[1, 1] * ys + a[1, 2]
-    eps = 1e-6
-    return ((xm >= -eps) & (xm <= moving_shape[1] - 1 + eps)
-            & (ym >= -eps) & (ym <= moving_shape[0] - 1 + eps))
+    xm, ym = _mapped(as_matrix(fixed_to_moving), int(out_shape[0]), int(out_shape[1]), offset)
+    return _inside(xm, ym, moving_shape)
 
 
 def warp_image(image: np.ndarray, fixed_to_moving, out_shape: Shape, *, order: str = "bilinear",
@@ -232,13 +238,11 @@ def _bilinear(src: np.ndarray, a: np.ndarray, out_shape: Shape, fill: float, off
     out = np.empty((h, w), dtype=src.dtype)
     mh, mw = src.shape
     flat = src.ravel()
-    xs = np.arange(w, dtype=np.float64)[None, :] + offset[1]
+    dx, dy = int(mw > 1), mw if mh > 1 else 0           # a one-pixel-wide (or -high) image has no neighbour there
     step = max(1, block_pixels // max(w, 1))
     for r0 in range(0, h, step):
-        ys = np.arange(r0, min(r0 + step, h), dtype=np.float64)[:, None] + offset[0]
-        inside = valid_mask(a, (ys.shape[0], w), src.shape, (r0 + offset[0], offset[1]))
-        xm = a[0, 0] * xs + a[0, 1] * ys + a[0, 2]
-        ym = a[1, 0] * xs + a[1, 1] * ys + a[1, 2]
+        xm, ym = _mapped(a, min(step, h - r0), w, (r0 + offset[0], offset[1]))
+        inside = _inside(xm, ym, src.shape)
         np.clip(xm, 0, mw - 1, out=xm)
         np.clip(ym, 0, mh - 1, out=ym)
         x0 = np.minimum(xm.astype(np.intp), max(mw - 2, 0))
@@ -246,7 +250,6 @@ def _bilinear(src: np.ndarray, a: np.ndarray, out_shape: Shape, fill: float, off
         fx = (xm - x0).astype(src.dtype)
         fy = (ym - y0).astype(src.dtype)
         i = y0 * mw + x0
-        dx, dy = int(mw > 1), mw if mh > 1 else 0           # a one-pixel-wide image has no right neighbour
         top = flat[i] + fx * (flat[i + dx] - flat[i])
         bottom = flat[i + dy] + fx * (flat[i + dy + dx] - flat[i + dy])
         block = top + fy * (bottom - top)

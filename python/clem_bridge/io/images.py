@@ -26,6 +26,8 @@ from .units import convert_length, normalize_unit
 
 MAX_PIXELS = 2 ** 31
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
 @dataclass
 class ImageData:
     """An image as channels-first ``data`` (C, H, W), its ``pixel_size`` (or None), source ``path`` and the
