@@ -193,4 +193,3 @@ for code in {programs!r}:
     outs, errs = (text.split("END_OF_SCRIPT\n") for text in (r.stdout, r.stderr))
     assert r.returncode == 0 and len(outs) == len(errs) == len(programs) + 1, r.stdout + r.stderr
     return [subprocess.CompletedProcess(r.args, r.returncode, out, err) for out, err in zip(outs, errs)]
-
