@@ -13,11 +13,14 @@ scale; units are converted).  Reported per case and in the summary:
 * ``free_vs_calibrated_scale`` — the free fit's scale over the true (calibrated) scale, minus 1;
 * the manual registration's own check (``reference`` per pair): the optimum of the network-free heterochromatin
   criterion (:func:`refine_nuclei`: EM vs measured chromatin inside the nuclei) started from the manual
-  registration, as shift at the field centre, scale and rotation, and its ``tre_px`` from it.  The manual
+  registration, as shift at the field centre, scale and rotation, and its ``tre_px`` from it, and the
+  manual registration's own expected error (``manual_expected_error``: its nuclei aligned one by one).  The manual
   registration was made by eye in Inkscape (DeepCLEM paper), so no method that follows the EM evidence can be
   closer to it than that; per case ``tre_vs_em_optimum_px`` (result vs that optimum under the same
   perturbation; free scale for the free fit, the calibrated scale for the calibrated one) and
   ``free_vs_em_optimum_scale`` say how well the result reproduces the EM evidence;
+* ``expected_error_px`` — the result's own error estimate (:mod:`clem_bridge.insilico.uncertainty`), and in the
+  summary how often the measured errors lie within it (once and twice);
 * seconds per case (registration only) and the prediction time per pair.
 
 The example (``example/EM.png`` against ``example/Chromatin.png``, blue channel, uncalibrated, shipped
@@ -44,6 +47,7 @@ from clem_bridge.insilico.correlate import register_chromatin
 from clem_bridge.insilico.nuclei import refine_nuclei
 from clem_bridge.insilico.predict import load_model, predict_chromatin
 from clem_bridge.insilico.train import TrainConfig, find_pairs, leave_one_out, pearson
+from clem_bridge.insilico.uncertainty import expected_error, local_shifts
 from clem_bridge.io import read_channel
 from clem_bridge.schema import PixelSize
 from clem_bridge.synthetic import centred_affine
@@ -81,11 +85,14 @@ def describe(m: np.ndarray, shape) -> dict:
 
 
 def reference_check(em, chrom) -> tuple[dict, dict]:
-    """Optima of the heterochromatin criterion from the manual registration (identity), free and fixed scale."""
+    """Optima of the heterochromatin criterion from the manual registration (identity), free and fixed scale,
+    and the manual registration's own expected error (its nuclei aligned one by one)."""
     opt = {label: refine_nuclei(em, chrom, np.eye(3), fix_scale=fix)[0]
            for label, fix in (("free", False), ("calibrated", True))}
-    return opt, {label: {**describe(m, em.shape), "tre_px": round(T.tre(m, np.eye(3), em.shape), 3)}
-                 for label, m in opt.items()}
+    own = expected_error(local_shifts(em, chrom, np.eye(3)), em.shape, fix_scale=True) or {}
+    return opt, {**{label: {**describe(m, em.shape), "tre_px": round(T.tre(m, np.eye(3), em.shape), 3)}
+                    for label, m in opt.items()},
+                 "manual_expected_error": {k: round(v, 2) for k, v in own.items()}}
 
 
 def pair_cases(i: int, em, chrom, model, n_cases: int) -> tuple[dict, list[dict]]:
@@ -111,6 +118,8 @@ def pair_cases(i: int, em, chrom, model, n_cases: int) -> tuple[dict, list[dict]
                           "scale_error": round(T.scale_of(reg.fixed_to_moving) / scale - 1, 5),
                           "status": reg.outcome, "warnings": reg.warnings,
                           "score": round(reg.metrics["score"], 3), "margin": round(reg.metrics["margin"], 3),
+                          "expected_error_px": (round(reg.metrics["expected_error_px"], 2)
+                                                if "expected_error_px" in reg.metrics else None),
                           "seconds": round(time.perf_counter() - t0, 2)}
         free, cal = row["free"]["scale_error"], row["calibrated"]["scale_error"]
         row["free_vs_calibrated_scale"] = round((1 + free) / (1 + cal) - 1, 5)
@@ -146,6 +155,7 @@ def example_case(folder: Path) -> dict:
     return {"status": reg.outcome, "warnings": reg.warnings,
             "fixed_to_moving": np.round(reg.fixed_to_moving, 5).tolist(),
             "fitted_scale": round(reg.metrics["fitted_scale"], 4), "margin": round(reg.metrics["margin"], 3),
+            "expected_error_px": round(reg.metrics["expected_error_px"], 2) if "expected_error_px" in reg.metrics else None,
             "nuclei_to_stained_centroid_px": [round(d, 1) for d in dist], "seconds_incl_prediction": round(seconds, 2)}
 
 
@@ -165,6 +175,14 @@ def summary(rows: list[dict]) -> dict:
                       "median_tre_vs_em_optimum_px": round(float(np.median([r[label]["tre_vs_em_optimum_px"]
                                                                             for r in rows])), 3),
                       "mean_seconds_per_case": round(float(np.mean([r[label]["seconds"] for r in rows])), 2)}
+        ee = [(r[label]["expected_error_px"], r[label]["tre_px"], r[label]["tre_vs_em_optimum_px"]) for r in rows
+              if r[label]["expected_error_px"] is not None]
+        if ee:
+            e, vs_manual, vs_opt = np.array(ee).T
+            out[label]["expected_error"] = {
+                "estimated": len(ee), "median_px": round(float(np.median(e)), 2), "max_px": round(float(e.max()), 2),
+                "tre_within_expected": int((vs_manual <= e).sum()), "tre_within_2x_expected": int((vs_manual <= 2 * e).sum()),
+                "tre_vs_em_optimum_within_expected": int((vs_opt <= e).sum())}
     fv = np.array([r["free_vs_calibrated_scale"] for r in rows])
     out["free_vs_calibrated_scale"] = {"median": round(float(np.median(fv)), 5), "mean": round(float(fv.mean()), 5),
                                        "max_abs": round(float(np.abs(fv).max()), 5)}

@@ -11,7 +11,7 @@ from PIL import Image
 from clem_bridge import synthetic as S
 from clem_bridge import transforms as T
 from clem_bridge.errors import Cancelled, InputError
-from clem_bridge.insilico.correlate import (MIN_MARGIN, SearchParams, choose_hypothesis, chromatin_channel, outcome,
+from clem_bridge.insilico.correlate import (MAX_EXPECTED_ERROR, MIN_MARGIN, SearchParams, choose_hypothesis, chromatin_channel, outcome,
                                            register_chromatin, scale_prior)
 from clem_bridge.insilico.normalize import correlation_input
 from clem_bridge.insilico.refine import blur, refine_pyramid, refine_similarity
@@ -20,6 +20,7 @@ from clem_bridge.insilico.score import ncc, overlap_score
 from clem_bridge.io import convert_length, normalize_unit
 from clem_bridge.schema import PixelSize
 from clem_bridge.insilico.nuclei import MIN_BLOBS, NUCLEI_MAX_SHIFT, count_blobs, refine_nuclei
+from clem_bridge.insilico.uncertainty import MIN_LOCAL_NUCLEI, expected_error, local_shifts
 from clem_bridge.io import read_image
 
 SHAPE = (256, 256)
@@ -123,6 +124,10 @@ def test_heterochromatin_refinement_removes_a_prediction_bias():
     assert refined.metrics["nuclei_applied"] == 1.0 and refined.metrics["nuclei_ncc"] > 0.5
     assert refined.metrics["nuclei_shift_px"] > 2.5 and not refined.warnings
     assert np.allclose(refined.metrics["coarse_score"], plain.metrics["coarse_score"])   # same search, then the stage
+    # each result's own error estimate (nuclei aligned one by one) sees the bias, and its removal
+    plain_error = T.tre(plain.fixed_to_moving, f2m, SHAPE)
+    assert 0.7 * plain_error < plain.metrics["expected_error_px"] < 1.4 * plain_error, plain.metrics
+    assert refined.metrics["expected_error_px"] < 1.2, refined.metrics
     inverted, metrics, warning = refine_nuclei(1.0 - pair.em, pair.lm["chromatin"], plain.fixed_to_moving)
     assert T.tre(inverted, f2m, SHAPE) < 0.8 and metrics["nuclei_applied"] == 1.0 and warning is None
 
@@ -259,6 +264,37 @@ def test_outcome_rules():
     assert status == "failed" and "heterochromatin" in why[0]
     assert outcome(0.05, 0.4, 14, 0.9)[0] == "failed" and outcome(0.5, 0.4, 1, 0.9)[0] == "failed"
     assert outcome(0.5, 0.4, 14, 0.9, 0.6, "the fitted scale lies at the edge")[0] == "failed"
+    small = {"expected_error_px": 1.2, "local_correction_px": 0.4}
+    assert outcome(0.5, 0.4, 14, 0.9, 0.6, error=small) == ("ok", [])
+    status, why = outcome(0.5, 0.4, 14, 0.9, 0.6, error={"expected_error_px": MAX_EXPECTED_ERROR + 1,
+                                                         "local_correction_px": 5.5})
+    assert status == "uncertain" and "expected error" in why[0] and "5.5 px change" in why[0]
+    status, why = outcome(0.5, 0.4, 14, 0.9, 0.6, error={})       # the EM is known, too few nuclei to align
+    assert status == "uncertain" and "cannot be estimated" in why[0]
+    assert outcome(0.05, 0.4, 14, 0.9, error={})[1] == outcome(0.05, 0.4, 14, 0.9)[1]   # failed says why it failed
+
+
+def test_nuclei_aligned_one_by_one_measure_a_known_error():
+    """Registrations off by a known shift or rotation: each nucleus' own best shift undoes the offset, and the
+    expected error (RMS over the field) matches the true one; at the truth it is small."""
+    pair, _, f2m = case(18.0, 1.1, (280, 270), seed=14)
+    chrom = pair.lm["chromatin"]
+    ys, xs = np.mgrid[0:SHAPE[0]:4, 0:SHAPE[1]:4]
+    grid = np.stack([xs.ravel(), ys.ravel()], 1).astype(float)
+    for offset in (T.from_params(translation=(3.0, -2.0)),
+                   T.from_params(rotation_deg=1.5, center=T.center_of(SHAPE)),
+                   T.from_params(scale=1.02, center=T.center_of(SHAPE))):
+        local = local_shifts(pair.em, chrom, f2m @ offset)
+        assert len(local.centres) >= MIN_LOCAL_NUCLEI and local.unresolved == 0
+        true_shift = T.apply_to_points(np.linalg.inv(offset), local.centres) - local.centres
+        assert np.abs(local.shifts - true_shift).max() < 1.2, (local.shifts, true_shift)
+        rms = np.sqrt(np.mean(np.sum((T.apply_to_points(offset, grid) - grid) ** 2, 1)))
+        err = expected_error(local, SHAPE, fix_scale=False)
+        assert 0.75 * rms < err["expected_error_px"] < 1.35 * rms, (err, rms)
+    at_truth = expected_error(local_shifts(pair.em, chrom, f2m), SHAPE, fix_scale=True)
+    assert at_truth["expected_error_px"] < 1.2 and at_truth["local_nuclei"] >= MIN_LOCAL_NUCLEI
+    flat = np.random.default_rng(0).normal(0.5, 0.05, SHAPE).astype(np.float32)   # no chromatin contrast
+    assert expected_error(local_shifts(flat, chrom, f2m), SHAPE, fix_scale=True) is None
 
 
 def test_nothing_in_common_fails():

@@ -212,6 +212,8 @@ def test_deepclem_end_to_end(env, tmp_path):
         r.stdout + r.stderr
     rec = load_transform_json(tmp_path / "out" / "transform.json")
     assert rec.params.get("model") == DEFAULT_MODEL
+    # the error estimate is logged whenever the result has one
+    assert ("DeepCLEM: expected error" in r.stdout) == ("expected_error_px" in rec.metrics), r.stdout
     assert_warp_matches(tmp_path / "out" / "warped_channels.tif", lm[1:2], rec.fixed_to_moving, (160, 160),
                         min_valid=0.01)  # equality of the warps, whatever the correlation found
 

@@ -179,6 +179,8 @@ def test_cli_predict_and_correlate(tiny, tmp_path):
     assert np.corrcoef(warped.data[0][valid], expected[0][valid])[0, 1] > 0.95
     assert (out / "overlay.png").is_file() and (out / "predicted_chromatin.tif").is_file()
     assert reg.metrics["nuclei_applied"] == 1.0     # the heterochromatin stage ran on the EM
+    assert reg.metrics["expected_error_px"] < 2.0   # and says how sure it is, on the command line too
+    assert f"expected error {reg.metrics['expected_error_px']:.1f} EM px" in r.output
 
     r = runner.invoke(app, ["correlate", str(tmp_path / "em.tif"), str(tmp_path / "lm.tif"), "--out", str(out),
                             "--chromatin-channel", "2", "--model", str(folder), "--max-rotation", "45",
@@ -237,6 +239,7 @@ def test_deepclem_example_lands_on_its_nuclei(tmp_path):
     mapped = T.apply_to_points(reg.fixed_to_moving, np.array([(178.0, 312.0), (520.0, 390.0), (872.0, 202.0)]))
     dist = [np.min(np.hypot(*(stained - p).T)) for p in mapped]
     assert max(dist) < 30, dist
+    assert reg.metrics["expected_error_px"] < 5.0 and reg.metrics["local_nuclei"] >= 8, reg.metrics
     warped = read_image(tmp_path / "lm_warped.tif").data
     coi = read_image(ex / "Channel_of_interest.png").data
     assert warped.shape[0] == 3 + coi.shape[0]

@@ -102,29 +102,32 @@ def fit_affine(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return np.vstack([sol.T, np.eye(d + 1)[d]])
 
 
-def read_bigwarp_landmarks(path) -> tuple[np.ndarray, np.ndarray]:
-    """Active 2-D landmark pairs of a BigWarp CSV as ``(moving (N, 2), fixed (N, 2))`` world coordinates."""
+def read_bigwarp_landmarks(path, ndim: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Active landmark pairs of a BigWarp CSV (``ndim`` 2 or 3) as ``(moving (N, ndim), fixed (N, ndim))``
+    world coordinates."""
+    fields = 2 + 2 * ndim
+    names = "moving x, moving y, fixed x, fixed y" if ndim == 2 else "moving x, y, z, fixed x, y, z"
     moving, fixed = [], []
     try:
         with Path(path).open(newline="") as f:
             for i, row in enumerate(csv.reader(f)):
                 if not row:
                     continue
-                if len(row) != 6:
-                    raise InputError(f"{path} row {i + 1} has {len(row)} fields; a 2-D BigWarp landmarks CSV "
-                                     "has 6 (name, active, moving x, moving y, fixed x, fixed y)")
+                if len(row) != fields:
+                    raise InputError(f"{path} row {i + 1} has {len(row)} fields; a {ndim}-D BigWarp landmarks CSV "
+                                     f"has {fields} (name, active, {names})")
                 if row[1].strip().lower() != "true":
                     continue
                 vals = [float(v) for v in row[2:]]
-                moving.append(vals[:2])
-                fixed.append(vals[2:])
+                moving.append(vals[:ndim])
+                fixed.append(vals[ndim:])
     except ValueError as e:
         if isinstance(e, InputError):
             raise
         raise InputError(f"{path} is not a BigWarp landmarks CSV (non-numeric coordinate: {e})") from None
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"cannot read landmarks file {path}: {e}") from None
-    m, fx = np.asarray(moving, np.float64).reshape(-1, 2), np.asarray(fixed, np.float64).reshape(-1, 2)
+    m, fx = np.asarray(moving, np.float64).reshape(-1, ndim), np.asarray(fixed, np.float64).reshape(-1, ndim)
     if not (np.all(np.isfinite(m)) and np.all(np.isfinite(fx))):
         raise InputError(f"{path} has active landmarks with an unset (infinite) point")
     return m, fx

@@ -15,14 +15,13 @@ every reader returns it.  Formats as in ``fiji-interop.md`` (§1, §2), in 3-D:
 """
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from .errors import InputError
-from .export import fit_affine, spimdata_model, write_landmark_rows, write_spimdata_xml
+from .export import fit_affine, read_bigwarp_landmarks, spimdata_model, write_landmark_rows, write_spimdata_xml
 from .result import Registration
 from .schema import PixelSize
 from .transforms3d import apply_to_points3d, as_matrix4, voxel_matrix
@@ -64,28 +63,7 @@ def write_bigwarp_csv3d(path, fixed_to_moving, fixed_shape, *, fixed_pixel_size:
 def read_bigwarp_csv3d(path, *, fixed_pixel_size: Optional[PixelSize] = None,
                        moving_pixel_size: Optional[PixelSize] = None) -> np.ndarray:
     """``fixed_to_moving`` (voxels) that BigWarp's Affine mode derives from a 3-D landmarks CSV."""
-    moving, fixed = [], []
-    try:
-        with Path(path).open(newline="") as f:
-            for i, row in enumerate(csv.reader(f)):
-                if not row:
-                    continue
-                if len(row) != 8:
-                    raise InputError(f"{path} row {i + 1} has {len(row)} fields; a 3-D BigWarp landmarks CSV has 8 "
-                                     "(name, active, moving x, y, z, fixed x, y, z)")
-                if row[1].strip().lower() == "true":
-                    vals = [float(v) for v in row[2:]]
-                    moving.append(vals[:3])
-                    fixed.append(vals[3:])
-    except InputError:
-        raise
-    except ValueError as e:
-        raise InputError(f"{path} is not a BigWarp landmarks CSV (non-numeric coordinate: {e})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read landmarks file {path}: {e}") from None
-    m, fx = np.asarray(moving, np.float64).reshape(-1, 3), np.asarray(fixed, np.float64).reshape(-1, 3)
-    if not (np.all(np.isfinite(m)) and np.all(np.isfinite(fx))):
-        raise InputError(f"{path} has active landmarks with an unset (infinite) point")
+    m, fx = read_bigwarp_landmarks(path, ndim=3)
     world = fit_affine(m, fx)          # moving world → fixed world (mpicbg AffineModel3D.fit)
     return np.linalg.inv(np.linalg.inv(voxel_matrix(_voxel(fixed_pixel_size))) @ world
                          @ voxel_matrix(_voxel(moving_pixel_size)))

@@ -99,6 +99,10 @@ def correlate(em_file, chromatin_file, chromatin_channel, lm_file, channels, mod
     f2m = transforms.check_matrix(record.get("fixed_to_moving"), "the server's fixed_to_moving")
     f2m, warped, comp, _ = register_and_apply(server, em, lm, 0, channels, out, f2m=f2m, record=record)
     log("DeepCLEM: correlated channel %d of %s to %s; files in %s" % (ci, chromatin.getTitle(), em.getTitle(), out))
+    metrics = record.get("metrics") or {}
+    if "expected_error_px" in metrics:
+        log("DeepCLEM: expected error %.1f EM px (%d nuclei aligned one by one)"
+            % (metrics["expected_error_px"], metrics.get("local_nuclei", 0)))
     if not is_headless():
         comp.show()
     status, warnings = outcome(record)

@@ -120,8 +120,10 @@ def add_commands(app) -> None:
                                                               nuclei_refinement=nuclei_refinement,
                                                               scale_from_pixel_size=scale_from_pixel_size),
                                           device=device, progress=report)
+            err = reg.metrics.get("expected_error_px")
             typer.echo(f"correlated in {reg.timings['total_s']:.1f} s; NCC {reg.metrics['ncc']:.3f}, "
-                       f"overlap {reg.metrics['overlap']:.2f}")
+                       f"overlap {reg.metrics['overlap']:.2f}" + ("" if err is None else
+                       f"; expected error {err:.1f} EM px ({reg.metrics['local_nuclei']:.0f} nuclei aligned one by one)"))
             for name in (TRANSFORM_JSON, WARPED_TIFF, OVERLAY_PNG, PREDICTED_TIFF):
                 typer.echo(f"  {out / name}")
             report_outcome(reg)

@@ -11,8 +11,10 @@
    EM inside the nuclei, never worse than its start, and kept only when it moves the result by less than
    ``NUCLEI_MAX_SHIFT``.  It (and the contrast check) sees the measured chromatin as given, not the saturated
    correlation input: the brightest few per cent are the heterochromatin puncta it aligns.
-5. Outcome (:func:`outcome`): ``failed`` / ``uncertain`` / ``ok`` with the reasons as warnings (stained
-   nuclei in common, margin between hypotheses, fitted vs calibrated scale, overlap).
+5. Expected error (:mod:`.uncertainty`, with the EM): each stained nucleus aligned on its own; the motion
+   they ask for and their scatter give the error to expect over the EM field (``expected_error_px``).
+6. Outcome (:func:`outcome`): ``failed`` / ``uncertain`` / ``ok`` with the reasons as warnings (stained
+   nuclei in common, margin between hypotheses, fitted vs calibrated scale, overlap, expected error).
 
 Measured (``benchmarks/bench_correlate.py``, ``benchmarks/results/bench_correlate-loo*-2core-cpu.json``;
 leave-one-out models): wherever the prediction leads to the right place, the result lies 0.1–2 px (median
@@ -25,7 +27,10 @@ are the reference's.  Weak models fail on whole pairs whose prediction scores wr
 true one (s7 with a 4-epoch model: 0.22–0.25 vs 0.19–0.21; s6 with a 6-epoch model: 0.29–0.32 vs 0.19),
 reported ``failed`` each time (the EM contrast check): no silent failure, every fitted scale inside the
 searched range.  4–9 s per case on the shared 2-core CPU (load 2–6), plus under 1 s of prediction.
-DeepCLEM's example (shipped model): ``ok``, its three EM nuclei 6–14 px from the stained nuclei' centres.
+Every such result carries its expected error (median 2.4 px, all under ``MAX_EXPECTED_ERROR``); the error
+against the manual registration lies within twice it in 33 of 36 cases.
+DeepCLEM's example (shipped model): ``ok``, its three EM nuclei 6–14 px from the stained nuclei' centres,
+expected error 1.5 px.
 """
 from __future__ import annotations
 
@@ -47,6 +52,7 @@ from .nuclei import MIN_BLOBS, NUCLEI_MIN_NCC, count_blobs, nuclei_contrast, ref
 from .refine import blur, refine_ecc, refine_pyramid
 from .score import ncc, overlap_score
 from .search import Hypothesis, SearchParams, binned, coarse_hypotheses, distinct
+from .uncertainty import MIN_LOCAL_NUCLEI, expected_error, local_shifts
 
 __all__ = ["SearchParams", "choose_hypothesis", "register_chromatin", "correlate", "chromatin_channel", "scale_prior",
            "outcome"]
@@ -58,6 +64,7 @@ FAIL_SCORE = 0.1               # best overlap score below this: failed (no corre
 FAIL_BLOBS = 2                 # fewer stained nuclei in common: failed
 EDGE = 1.03                    # a fitted scale within 3 % of the searched range's ends: failed
 FAIL_CONTRAST = 0.1            # EM vs registered chromatin inside the nuclei (|NCC|) below this: failed
+MAX_EXPECTED_ERROR = 5.0       # EM px: a larger expected error is uncertain (refined DeepCLEM pairs: 1.1–3.8 px)
 
 
 def scale_prior(fixed_pixel_size: Optional[PixelSize], moving_pixel_size: Optional[PixelSize]) -> Optional[float]:
@@ -72,13 +79,15 @@ def scale_prior(fixed_pixel_size: Optional[PixelSize], moving_pixel_size: Option
 
 
 def outcome(score: float, margin: Optional[float], blobs: int, overlap: float,
-            contrast: Optional[float] = None, scale_edge: Optional[str] = None) -> tuple[str, list[str]]:
+            contrast: Optional[float] = None, scale_edge: Optional[str] = None,
+            error: Optional[dict] = None) -> tuple[str, list[str]]:
     """Status and reasons from the evidence (the caller adds stage warnings, which make ``ok`` uncertain).
 
     ``contrast``: :func:`.nuclei.nuclei_contrast` when the EM is known (the check that does not depend on
     the prediction: a weak prediction can score a wrong position higher than the right one).
     ``scale_edge``: a description when the fitted scale lies at the edge of the searched range (the
-    signature of a match that shrank or blew up the field: failed)."""
+    signature of a match that shrank or blew up the field: failed).
+    ``error``: :func:`.uncertainty.expected_error`'s metrics when the EM is known (``{}``: not estimable)."""
     failed, uncertain = [], []
     if scale_edge:
         failed.append(scale_edge)
@@ -99,6 +108,13 @@ def outcome(score: float, margin: Optional[float], blobs: int, overlap: float,
                          "(ambiguous match); check the overlay")
     if overlap < MIN_OVERLAP:
         uncertain.append(f"the chromatin image covers only {100 * overlap:.0f} % of the EM")
+    if error == {} and not failed:
+        uncertain.append(f"fewer than {MIN_LOCAL_NUCLEI} stained nuclei could be aligned one by one: the "
+                         "registration's error cannot be estimated; check the overlay")
+    elif error and error["expected_error_px"] > MAX_EXPECTED_ERROR:
+        uncertain.append(f"the stained nuclei, aligned one by one, put the expected error at "
+                         f"{error['expected_error_px']:.1f} EM px (they ask for a {error['local_correction_px']:.1f} px "
+                         "change); check the overlay")
     return ("failed" if failed else "uncertain" if uncertain else "ok"), failed + uncertain
 
 
@@ -135,8 +151,9 @@ def register_chromatin(predicted: np.ndarray, chromatin: np.ndarray, *, params: 
     refinement finishes.  Metrics: ``ncc`` (prediction vs registered chromatin over the overlap),
     ``score`` (:func:`.score.overlap_score` at the refinement size, the criterion every stage is judged
     by), ``coarse_score``, ``margin`` (relative, best vs distinct runner-up), ``hypotheses``,
-    ``fitted_scale``, ``overlap``, ``chromatin_blobs``, the ``nuclei_*`` metrics of :func:`refine_nuclei` and
-    ``nuclei_contrast`` (with the EM).
+    ``fitted_scale``, ``overlap``, ``chromatin_blobs``, the ``nuclei_*`` metrics of :func:`refine_nuclei`,
+    ``nuclei_contrast`` and the :func:`.uncertainty.expected_error` metrics (with the EM; ``expected_error_px``
+    in EM pixels, absent when fewer than ``MIN_LOCAL_NUCLEI`` nuclei could be aligned).
     ``status``: see :func:`outcome`.
     """
     t0 = time.perf_counter()
@@ -202,11 +219,12 @@ def register_chromatin(predicted: np.ndarray, chromatin: np.ndarray, *, params: 
     q = ncc(fixed, warped[0], valid) if valid.sum() > 16 else 0.0
     blobs = count_blobs(warped[0], valid)
     contrast = nuclei_contrast(em, measured, m) if em is not None else None
+    error = None if em is None else expected_error(local_shifts(em, measured, m), em.shape, fix_scale=fix_scale) or {}
     edge = None
     if not lo * EDGE < T.scale_of(m) < hi / EDGE:
         edge = (f"the fitted scale {T.scale_of(m):.3f} lies at the edge of the searched range {lo:.3f}–{hi:.3f}: "
                 "no consistent match" + ("" if prior else " (pixel sizes on both images fix the scale)"))
-    status, reasons = outcome(score, margin, blobs, float(valid.mean()), contrast, edge)
+    status, reasons = outcome(score, margin, blobs, float(valid.mean()), contrast, edge, error)
     warnings = reasons + warnings
     if status == "ok" and warnings:
         status = "uncertain"
@@ -217,7 +235,7 @@ def register_chromatin(predicted: np.ndarray, chromatin: np.ndarray, *, params: 
                         metrics={"ncc": q, "score": score, "coarse_score": hyps[0].score,
                                  "margin": 1.0 if margin is None else margin, "hypotheses": float(n_distinct),
                                  "fitted_scale": fitted, "overlap": float(valid.mean()),
-                                 "chromatin_blobs": float(blobs), **extra,
+                                 "chromatin_blobs": float(blobs), **extra, **(error or {}),
                                  **({} if contrast is None else {"nuclei_contrast": contrast})},
                         warnings=warnings, status=status,
                         timings={"coarse_search_s": t1 - t0, "refine_s": t2 - t1},

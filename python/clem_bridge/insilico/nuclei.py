@@ -9,7 +9,7 @@ nuclei, so the result never scores worse than its start on that criterion.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import cv2
 import numpy as np
@@ -36,8 +36,22 @@ def _stained(chromatin_on_em: np.ndarray, region: np.ndarray) -> Optional[np.nda
     return blurred > threshold_otsu(blurred[region])
 
 
-def _nuclei_setup(em: np.ndarray, chromatin: np.ndarray, init: np.ndarray, size: int, sigma: float):
-    """Binned EM and chromatin, ``init`` on that level, the nuclei mask and the start NCC (None: no nuclei)."""
+class NucleiView(NamedTuple):
+    """The EM and the chromatin binned to the working size, ``init`` on that level (``m0``), the nuclei
+    mask (EM grid), the EM vs chromatin NCC inside it at ``init`` and the chromatin warped onto the EM."""
+    em: np.ndarray
+    em_bin: np.ndarray          # binned EM px -> EM px
+    chromatin: np.ndarray
+    chromatin_bin: np.ndarray
+    m0: np.ndarray
+    mask: np.ndarray
+    start: float
+    warped: np.ndarray
+
+
+def nuclei_view(em: np.ndarray, chromatin: np.ndarray, init: np.ndarray, size: int,
+                sigma: float) -> Optional[NucleiView]:
+    """The stained nuclei under ``init`` at working size ``size`` (None: no nuclei in view)."""
     f = min(1.0, size / max(em.shape))
     (ew, be), (cw, bc) = binned(percentile_normalise(em, 1.0, 99.8, clip=False), f), binned(chromatin, f)
     m0 = np.linalg.inv(bc) @ T.as_matrix(init) @ be
@@ -50,15 +64,15 @@ def _nuclei_setup(em: np.ndarray, chromatin: np.ndarray, init: np.ndarray, size:
     if mask.sum() < 64:
         return None
     start = ncc(cv2.GaussianBlur(ew, (0, 0), sigma), cv2.GaussianBlur(warped, (0, 0), sigma), mask)
-    return ew, be, cw, bc, m0, mask, start
+    return NucleiView(ew, be, cw, bc, m0, mask, start, warped)
 
 
 def nuclei_contrast(em: np.ndarray, chromatin: np.ndarray, fixed_to_moving: np.ndarray, *, size: int = 1024,
                     sigma: float = 2.0) -> float:
     """|NCC| of the EM and the registered chromatin inside the stained nuclei: 0.5–0.7 where the chromatin
     lies on the EM's dense heterochromatin (DeepCLEM pairs), under 0.17 at wrong positions; 0 without nuclei."""
-    setup = _nuclei_setup(em, chromatin, fixed_to_moving, size, sigma)
-    return 0.0 if setup is None else abs(setup[-1])
+    view = nuclei_view(em, chromatin, fixed_to_moving, size, sigma)
+    return 0.0 if view is None else abs(view.start)
 
 
 def refine_nuclei(em: np.ndarray, chromatin: np.ndarray, init: np.ndarray, *, size: int = 1024,
@@ -72,10 +86,10 @@ def refine_nuclei(em: np.ndarray, chromatin: np.ndarray, init: np.ndarray, *, si
     contrast (|NCC| < ``NUCLEI_MIN_NCC``) or when the change would exceed ``NUCLEI_MAX_SHIFT``.
     """
     metrics = {"nuclei_ncc": 0.0, "nuclei_shift_px": 0.0, "nuclei_applied": 0.0}
-    setup = _nuclei_setup(em, chromatin, init, size, sigma)
-    if setup is None:
+    view = nuclei_view(em, chromatin, init, size, sigma)
+    if view is None:
         return init, metrics, None
-    ew, be, cw, bc, m0, mask, start = setup
+    ew, be, cw, bc, m0, mask, start, _ = view
     metrics["nuclei_ncc"] = abs(start)
     if abs(start) < NUCLEI_MIN_NCC:
         return init, metrics, None

@@ -186,6 +186,34 @@ def dv_bound(net: MineNet, f: torch.Tensor, m: torch.Tensor, perm) -> torch.Tens
     return t[:n].mean() - (torch.logsumexp(t[n:], 0) - np.log(n))
 
 
+class Plateau:
+    """The stopping rule of 2-D and 3-D MINE, checked every ``check_every`` iterations on the window-averaged
+    transform (``corners``: the field's corners under it, in normalised units) and the MI.
+
+    A check is calm when the corners moved by under ``tol`` (pixels or voxels) and the MI rose by under
+    ``mi_tol``; two calm checks in a row, or a step size down to 1/16 of ``lr``, stop the level.  A flat MI
+    halves the transform's step size.  Checks before ``min_iterations`` only record the state."""
+
+    def __init__(self, tol: float, mi_tol: float, min_iterations: int, lr: float, dims: int):
+        self.tol, self.mi_tol, self.min_iterations, self.lr, self.dims = tol, mi_tol, min_iterations, lr, dims
+        self.prev: Optional[torch.Tensor] = None
+        self.last_mi, self.calm = 0.0, 0
+
+    def stop(self, iteration: int, corners: torch.Tensor, mi: float, units_per_normalised: float,
+             group: dict) -> bool:
+        """True when the level has converged; halves ``group["lr"]`` (the transform's step) on a flat MI."""
+        if self.prev is not None and iteration >= self.min_iterations:
+            moved = float((corners - self.prev)[:, :self.dims].norm(dim=1).max()) * units_per_normalised
+            flat = mi - self.last_mi < self.mi_tol
+            self.calm = self.calm + 1 if (moved < self.tol and flat) else 0
+            if self.calm >= 2 or group["lr"] <= self.lr / 16:
+                return True
+            if flat:
+                group["lr"] *= 0.5
+        self.prev, self.last_mi = corners, mi
+        return False
+
+
 # --- input handling ------------------------------------------------------------------------
 
 def _check(img, name: str) -> np.ndarray:
@@ -375,7 +403,7 @@ def _optimise(levels: list[_Level], m0: np.ndarray, p: MineParams, seed: int, de
             opt.state.pop(v, None)
         name = "optimise" if p.joint_levels else f"level {si + 1}/{len(stages)}"
         finest = levels[stage[0]] if not p.joint_levels else levels[0]
-        last_mean, prev_corners, calm = None, None, 0
+        plateau = Plateau(p.tol_px, p.mi_tol, p.min_iterations, lr, dims=2)
         window: list[torch.Tensor] = []
         mis: list[torch.Tensor] = []
         for it in range(p.max_iterations):
@@ -407,15 +435,8 @@ def _optimise(levels: list[_Level], m0: np.ndarray, p: MineParams, seed: int, de
                 # plateau test on window-averaged parameters (robust to the stochastic jitter)
                 with torch.no_grad():
                     c = corners @ (m0_t @ _expm(torch.stack(window[-p.check_every:]).mean(0), basis)).T
-                if prev_corners is not None and it + 1 >= p.min_iterations:
-                    moved = float((c - prev_corners)[:, :2].norm(dim=1).max()) * finest.fixed_px_per_unit
-                    flat = mean - last_mean < p.mi_tol
-                    calm = calm + 1 if (moved < p.tol_px and flat) else 0
-                    if calm >= 2 or opt.param_groups[1]["lr"] <= lr / 16:
-                        break
-                    if flat:   # MI has plateaued: anneal the transform's step size
-                        opt.param_groups[1]["lr"] *= 0.5
-                prev_corners, last_mean = c, mean
+                if plateau.stop(it + 1, c, mean, finest.fixed_px_per_unit, opt.param_groups[1]):
+                    break
         rest = len(mis) % p.check_every
         if rest:
             mi_curve.extend(float(x) for x in torch.stack(mis[-rest:]).cpu().numpy())

@@ -31,7 +31,7 @@ from ..errors import Cancelled
 from ..intensity import percentile_normalise
 from ..progress import Progress
 from ..quality import histogram_mi
-from ..register.mine import AmsGrad, MineNet, dv_bound
+from ..register.mine import AmsGrad, MineNet, Plateau, dv_bound
 from ..transforms3d import center_of3d, voxel_matrix, voxel_to_normalized
 from .prealign import blur_physical, lm_resolution, resample
 
@@ -187,8 +187,8 @@ def _optimise_mine(levels, m0, p: Mine3DParams, seed, report, stop):
     for si, level in enumerate(levels):
         lr = p.lr_transform * p.lr_decay ** si
         opt_v = AmsGrad([{"params": [v], "lr": lr}])
-        ema = last_ema = prev = None
-        calm, window = 0, []
+        ema, window = None, []
+        plateau = Plateau(p.tol_vox, p.mi_tol, p.min_iterations, lr, dims=3)
         n = level.fixed_values.numel()
         for it in range(p.max_iterations):
             if stop():
@@ -214,15 +214,8 @@ def _optimise_mine(levels, m0, p: Mine3DParams, seed, report, stop):
                             0.3 + 0.65 * min(1.0, iterations / budget)))
             with torch.no_grad():
                 c = corners @ (m0_t @ _expm(torch.stack(window[-p.check_every:]).mean(0), basis)).T
-            if prev is not None and it + 1 >= p.min_iterations:
-                moved = float((c - prev)[:, :3].norm(dim=1).max()) * level.voxels_per_unit
-                flat = ema - last_ema < p.mi_tol
-                calm = calm + 1 if (moved < p.tol_vox and flat) else 0
-                if calm >= 2 or opt_v.param_groups[0]["lr"] <= lr / 16:
-                    break
-                if flat:
-                    opt_v.param_groups[0]["lr"] *= 0.5
-            prev, last_ema = c, ema
+            if plateau.stop(it + 1, c, ema, level.voxels_per_unit, opt_v.param_groups[0]):
+                break
         stage_iters.append(it + 1)
         if p.average_last:
             with torch.no_grad():
