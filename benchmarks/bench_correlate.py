@@ -21,6 +21,8 @@ scale; units are converted).  Reported per case and in the summary:
   ``free_vs_em_optimum_scale`` say how well the result reproduces the EM evidence;
 * ``expected_error_px`` — the result's own error estimate (:mod:`clem_bridge.insilico.uncertainty`), and in the
   summary how often the measured errors lie within it (once and twice);
+* ``miscalibrated`` per pair: the unperturbed pair with pixel sizes 3 % / 2 % / 4 % off the truth (a user's wrong
+  calibration, inside the snap range): error, status, expected error; silent failures counted in the summary;
 * seconds per case (registration only) and the prediction time per pair.
 
 The example (``example/EM.png`` against ``example/Chromatin.png``, blue channel, uncalibrated, shipped
@@ -58,6 +60,7 @@ LOO_CONFIG = TrainConfig()
 # DeepCLEM example: EM nucleus centres (x, y) marked by eye; left, centre, right
 EXAMPLE_NUCLEI_EM = [(178.0, 312.0), (520.0, 390.0), (872.0, 202.0)]
 SILENT_PX = 8.0
+MISCALIBRATION = (0.97, 1.02, 1.04)   # pixel sizes' ratio / true scale: a user's wrong calibration
 
 
 def perturbations(n: int, shape, seed: int = 0) -> list[np.ndarray]:
@@ -89,10 +92,25 @@ def reference_check(em, chrom) -> tuple[dict, dict]:
     and the manual registration's own expected error (its nuclei aligned one by one)."""
     opt = {label: refine_nuclei(em, chrom, np.eye(3), fix_scale=fix)[0]
            for label, fix in (("free", False), ("calibrated", True))}
-    own = expected_error(local_shifts(em, chrom, np.eye(3)), em.shape, fix_scale=True) or {}
+    own = expected_error(local_shifts(em, chrom, np.eye(3)), em.shape) or {}
     return opt, {**{label: {**describe(m, em.shape), "tre_px": round(T.tre(m, np.eye(3), em.shape), 3)}
                     for label, m in opt.items()},
                  "manual_expected_error": {k: round(v, 2) for k, v in own.items()}}
+
+
+def miscalibrated(em, chrom, pred) -> list[dict]:
+    """The unperturbed pair with pixel sizes that say the scale is ``MISCALIBRATION`` off (inside the snap
+    range, so the scale is set from them): the error (vs the manual registration), status and expected error."""
+    rows = []
+    for wrong in MISCALIBRATION:
+        reg = register_chromatin(pred, chrom, em=em, fixed_pixel_size=PixelSize(x=10.0, y=10.0, unit="nm"),
+                                 moving_pixel_size=PixelSize(x=0.01 / wrong, y=0.01 / wrong, unit="um"))
+        rows.append({"calibrated_scale": wrong, "tre_px": round(T.tre(reg.fixed_to_moving, np.eye(3), em.shape), 2),
+                     "status": reg.outcome, "warnings": reg.warnings,
+                     "expected_error_px": round(reg.metrics.get("expected_error_px", float("nan")), 2),
+                     "local_scale_change": round(reg.metrics.get("local_scale_change", float("nan")), 4)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def pair_cases(i: int, em, chrom, model, n_cases: int) -> tuple[dict, list[dict]]:
@@ -101,7 +119,8 @@ def pair_cases(i: int, em, chrom, model, n_cases: int) -> tuple[dict, list[dict]
     predict_seconds = time.perf_counter() - t0
     opt, ref = reference_check(em, chrom)
     info = {"pair": i, "predict_seconds": round(predict_seconds, 2),
-            "pearson_r": round(pearson(pred, chrom), 3), "reference": ref}
+            "pearson_r": round(pearson(pred, chrom), 3), "reference": ref,
+            "miscalibrated": miscalibrated(em, chrom, pred)}
     rows = []
     for k, truth in enumerate(perturbations(n_cases, em.shape, seed=i)):
         moving = T.warp_image(chrom, np.linalg.inv(truth), chrom.shape)
@@ -223,6 +242,11 @@ def main() -> None:
         result["per_pair"].append(info)
         result["cases"] += rows
     result["summary"] = summary(result["cases"])
+    mis = [r for p in result["per_pair"] for r in p["miscalibrated"]]
+    result["summary"]["miscalibrated"] = {
+        "cases": len(mis), "over_8px": sum(r["tre_px"] > SILENT_PX for r in mis),
+        "silent_failures": sum(r["status"] == "ok" and r["tre_px"] > SILENT_PX for r in mis),
+        "status_counts": {s: sum(r["status"] == s for r in mis) for s in ("ok", "uncertain", "failed")}}
     mean_pred = float(np.mean([p["predict_seconds"] for p in result["per_pair"]]))
     result["summary"]["seconds_per_pair_incl_prediction"] = round(
         mean_pred + result["summary"]["free"]["mean_seconds_per_case"], 2)

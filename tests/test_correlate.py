@@ -89,6 +89,46 @@ def test_wrong_calibration_keeps_the_fitted_scale_and_warns():
     assert any("pixel sizes' ratio" in w and "calibration" in w for w in reg.warnings), reg.warnings
 
 
+def test_a_wrong_calibration_shows_in_the_expected_error():
+    """Pixel sizes 4 % off the truth: the scale is snapped to their ratio (within ``SCALE_SNAP``), and the nuclei,
+    aligned one by one, ask for the 4 % back; the expected error follows the true one (RMS over the field)."""
+    pair, pred, f2m = case(18.0, 1.0, (280, 270), seed=14)
+    ys, xs = np.mgrid[0:SHAPE[0]:4, 0:SHAPE[1]:4]
+    grid = np.stack([xs.ravel(), ys.ravel()], 1).astype(float)
+    for wrong in (1.0, 1.04):
+        reg = register_chromatin(pred, pair.lm["chromatin"], em=pair.em, params=LOCAL,
+                                 fixed_pixel_size=PixelSize(x=10.0, y=10.0, unit="nm"),
+                                 moving_pixel_size=PixelSize(x=0.01 / wrong, y=0.01 / wrong, unit="um"))
+        assert reg.params["scale_fixed"]
+        rms = np.sqrt(np.mean(np.sum((T.apply_to_points(reg.fixed_to_moving, grid)
+                                      - T.apply_to_points(f2m, grid)) ** 2, 1)))
+        if wrong == 1.0:
+            assert rms < 1.0 and reg.metrics["expected_error_px"] < 1.2, reg.metrics
+        else:
+            assert rms > 3.0 and 0.75 * rms < reg.metrics["expected_error_px"] < 1.35 * rms, (rms, reg.metrics)
+            assert reg.metrics["local_scale_change"] == pytest.approx(1 / wrong - 1, abs=0.01)
+
+
+def test_nuclei_that_contradict_the_calibration_keep_the_fitted_scale():
+    """Pixel sizes 5.5 % off (inside the snap range) on a 384 px field: with their ratio as the scale the nuclei
+    put the expected error above ``MAX_EXPECTED_ERROR``, with the fitted scale far below: the fitted scale is
+    kept, the user told to check the calibration; a right calibration is used as it is."""
+    shape = (384, 384)
+    f2m = S.centred_affine(shape, (400, 390), rotation_deg=12, scale=1.0, translation=(9, -6))
+    pair = S.make_pair(shape, fixed_to_moving=f2m, moving_shape=(400, 390), seed=21)
+    pred = cv2.GaussianBlur(0.04 + 0.12 * pair.masks["nucleus"] + 0.85 * pair.masks["heterochromatin"], (0, 0), 1.5)
+    for wrong in (1.0, 1.055):
+        reg = register_chromatin(pred, pair.lm["chromatin"], em=pair.em, params=LOCAL,
+                                 fixed_pixel_size=PixelSize(x=10.0, y=10.0, unit="nm"),
+                                 moving_pixel_size=PixelSize(x=0.01 / wrong, y=0.01 / wrong, unit="um"))
+        assert T.tre(reg.fixed_to_moving, f2m, shape) < 1.0 and reg.metrics["expected_error_px"] < 1.5
+        if wrong == 1.0:
+            assert reg.params["scale_fixed"] and reg.status == "ok", reg.warnings
+        else:
+            assert not reg.params["scale_fixed"] and reg.status == "uncertain"
+            assert any("calibration may be wrong" in w and "kept the fitted scale" in w for w in reg.warnings)
+
+
 def test_few_nuclei_in_view_warn():
     blobs = np.zeros((300, 400), np.float32)
     for i in range(5):
@@ -289,12 +329,12 @@ def test_nuclei_aligned_one_by_one_measure_a_known_error():
         true_shift = T.apply_to_points(np.linalg.inv(offset), local.centres) - local.centres
         assert np.abs(local.shifts - true_shift).max() < 1.2, (local.shifts, true_shift)
         rms = np.sqrt(np.mean(np.sum((T.apply_to_points(offset, grid) - grid) ** 2, 1)))
-        err = expected_error(local, SHAPE, fix_scale=False)
+        err = expected_error(local, SHAPE)
         assert 0.75 * rms < err["expected_error_px"] < 1.35 * rms, (err, rms)
-    at_truth = expected_error(local_shifts(pair.em, chrom, f2m), SHAPE, fix_scale=True)
+    at_truth = expected_error(local_shifts(pair.em, chrom, f2m), SHAPE)
     assert at_truth["expected_error_px"] < 1.2 and at_truth["local_nuclei"] >= MIN_LOCAL_NUCLEI
     flat = np.random.default_rng(0).normal(0.5, 0.05, SHAPE).astype(np.float32)   # no chromatin contrast
-    assert expected_error(local_shifts(flat, chrom, f2m), SHAPE, fix_scale=True) is None
+    assert expected_error(local_shifts(flat, chrom, f2m), SHAPE) is None
 
 
 def test_nothing_in_common_fails():

@@ -2,20 +2,21 @@
 
 Under the registration, every stained nucleus (a component of the nuclei mask of :func:`.nuclei.nuclei_view`)
 is shifted on its own to where its chromatin best matches the EM's dense heterochromatin (NCC inside that
-nucleus, integer search within ``LOCAL_RADIUS`` plus a parabola through the peak).  A small rigid motion
-(similarity when the scale is free) fitted to these local shifts says what the nuclei, taken one by one,
-would change; the scatter of the shifts about that fit is the noise of one nucleus.  The expected error
+nucleus, integer search within ``LOCAL_RADIUS`` plus a parabola through the peak).  A small similarity
+fitted to these local shifts says what the nuclei, taken one by one, would change; the scatter of the
+shifts about that fit is the noise of one nucleus.  The expected error
 (:func:`expected_error`) is the root mean square over the EM field of that change plus the fit's
 standard error: a field whose nuclei sit in one corner has a poorly known rotation, and the expected error
 grows with the distance from them.
 
 Measured (``benchmarks/bench_correlate.py --cases 6``, leave-one-out models, 36 results on s6–s8): 6–11
-nuclei a pair, 1.4–2.2 px scatter per nucleus (sections deform, puncta differ), expected error 1.1–3.8 px
-(median 2.4 px); the error against DeepCLEM's manual registration lies within twice the estimate in 33 of
-36, the distance to the optimum of the EM criterion within the estimate in 35 of 36.  By the same measure
-DeepCLEM's manual registrations (made by eye) have expected errors of 3.5, 3.9 and 2.7 px: their nuclei,
-aligned one by one, ask for 3.4, 3.5 and 2.3 px changes.  On a phantom, a
-registration biased by 4.0 px is estimated at 4.1 px, and 0.6 px once the bias is removed (tests).
+nuclei a pair, 1.4–2.2 px scatter per nucleus (sections deform, puncta differ), expected error 1.1–4.6 px
+(median 2.4 px free scale, 3.1 px with the scale from the pixel sizes); the error against DeepCLEM's manual
+registration lies within twice the estimate in 34 of 36, the distance to the optimum of the EM criterion
+within the estimate in 36 of 36.  By the same measure the manual registrations (made by eye) have expected
+errors of 3.7, 4.3 and 4.0 px: their nuclei, aligned one by one, ask for 3.5, 3.5 and 3.6 px changes.
+Pixel sizes 2–4 % off show as the scale change the nuclei ask for (expected errors 8–25 px).  On a phantom,
+a registration biased by 4.0 px is estimated at 4.1 px, and 0.6 px once the bias is removed (tests).
 """
 from __future__ import annotations
 
@@ -88,38 +89,38 @@ def local_shifts(em: np.ndarray, chromatin: np.ndarray, fixed_to_moving: np.ndar
     return LocalShifts(np.reshape(centres, (-1, 2)), np.reshape(shifts, (-1, 2)), np.array(best), unresolved)
 
 
-def _design(points: np.ndarray, centre: np.ndarray, radius: float, fix_scale: bool) -> np.ndarray:
-    """Rows (x then y per point) of the small-motion model: shift, rotation (and scale) about ``centre``,
+def _design(points: np.ndarray, centre: np.ndarray, radius: float) -> np.ndarray:
+    """Rows (x then y per point) of the small-motion similarity: shift, rotation and scale about ``centre``,
     the angle and scale in px of motion at ``radius``."""
     x, y = ((points - centre) / radius).T
     one, zero = np.ones_like(x), np.zeros_like(x)
-    rows_x = [one, zero, -y] + ([] if fix_scale else [x])
-    rows_y = [zero, one, x] + ([] if fix_scale else [y])
-    a = np.empty((2 * len(points), len(rows_x)))
-    a[0::2], a[1::2] = np.stack(rows_x, 1), np.stack(rows_y, 1)
+    a = np.empty((2 * len(points), 4))
+    a[0::2], a[1::2] = np.stack([one, zero, -y, x], 1), np.stack([zero, one, x, y], 1)
     return a
 
 
-def expected_error(local: Optional[LocalShifts], shape, *, fix_scale: bool) -> Optional[dict]:
+def expected_error(local: Optional[LocalShifts], shape) -> Optional[dict]:
     """Expected error of the registration (EM px, root mean square over the EM field of ``shape``) from the
     per-nucleus shifts; None with fewer than ``MIN_LOCAL_NUCLEI`` resolved nuclei.
 
     Returns ``expected_error_px``, ``local_correction_px`` (RMS over the field of the motion the nuclei
-    ask for), ``local_sigma_px`` (one nucleus' scatter about it), ``local_nuclei`` and
-    ``local_unresolved``."""
+    ask for), ``local_scale_change`` (its relative scale change), ``local_sigma_px`` (one nucleus' scatter
+    about it), ``local_nuclei`` and ``local_unresolved``.  The scale is free even where the registration's
+    came from the pixel sizes: a wrong calibration then shows as the change the nuclei ask for."""
     if local is None or len(local.centres) < MIN_LOCAL_NUCLEI:
         return None
     h, w = shape
     centre, radius = local.centres.mean(0), 0.5 * max(h, w)
-    a = _design(local.centres, centre, radius, fix_scale)
+    a = _design(local.centres, centre, radius)
     beta, *_ = np.linalg.lstsq(a, local.shifts.ravel(), rcond=None)
     dof = a.shape[0] - a.shape[1]
     sigma = max(SIGMA_FLOOR, float(np.sqrt(np.sum((local.shifts.ravel() - a @ beta) ** 2) / dof)))
     cov = sigma ** 2 * np.linalg.inv(a.T @ a)
     ys, xs = np.mgrid[0:h:GRID_STEP, 0:w:GRID_STEP]
-    g = _design(np.stack([xs.ravel(), ys.ravel()], 1).astype(float), centre, radius, fix_scale)
+    g = _design(np.stack([xs.ravel(), ys.ravel()], 1).astype(float), centre, radius)
     correction = float(np.mean((g @ beta) ** 2) * 2)             # two rows (x, y) per grid point
     variance = float(np.einsum("ij,jk,ik->", g, cov, g) / (len(g) / 2))
     return {"expected_error_px": float(np.sqrt(correction + variance)),
-            "local_correction_px": float(np.sqrt(correction)), "local_sigma_px": sigma,
+            "local_correction_px": float(np.sqrt(correction)),
+            "local_scale_change": float(beta[3] / radius), "local_sigma_px": sigma,
             "local_nuclei": float(len(local.centres)), "local_unresolved": float(local.unresolved)}

@@ -14,7 +14,7 @@ from .outputs import OME_ZARR, OVERLAY_PNG, TRANSFORM_JSON, WARPED_TIFF
 
 _FIRST = ("name", "status", "method", "resumed", "wall_s", "error", "warnings", "em", "lm", "folder", "worker",
           "run_id")
-_SHOWN_METRICS = ("ncc", "mi", "overlap", "ms_ssim")
+_SHOWN_METRICS = ("ncc", "mi", "overlap", "ms_ssim", "expected_error_px")
 _COLOURS = {"ok": "#d8f0d8", "uncertain": "#fff0c0", "failed": "#f8c8c8", "error": "#e0c0e0"}
 
 
