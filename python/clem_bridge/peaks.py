@@ -1,7 +1,12 @@
-"""Sub-pixel peak location in a response map (template matching, phase correlation)."""
+"""Peaks: sub-pixel location in a response map (template matching, phase correlation) and the distinct
+best candidates of a ranked list."""
 from __future__ import annotations
 
+from typing import Callable, Iterable, TypeVar
+
 import numpy as np
+
+Item = TypeVar("Item")
 
 
 def subpixel_peak(resp: np.ndarray, loc: tuple[int, int]) -> tuple[float, float, float]:
@@ -25,3 +30,15 @@ def parabola_vertex(fm: float, f0: float, fp: float) -> float:
     """Offset (in steps, within ±0.5) of the vertex of a parabola through 3 equally spaced values."""
     d = fm - 2 * f0 + fp
     return float(np.clip(0.5 * (fm - fp) / d, -0.5, 0.5)) if d < 0 else 0.0
+
+
+def distinct(ranked: Iterable[Item], keep: int, near: Callable[[Item, Item], bool]) -> list[Item]:
+    """The first ``keep`` items of ``ranked`` (best first) that are not ``near`` one kept before them
+    (greedy non-maximum suppression)."""
+    out: list = []
+    for item in ranked:
+        if not any(near(item, kept) for kept in out):
+            out.append(item)
+            if len(out) >= keep:
+                break
+    return out

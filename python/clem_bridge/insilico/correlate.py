@@ -57,7 +57,7 @@ from .normalize import correlation_input
 from .nuclei import MIN_BLOBS, NUCLEI_MIN_NCC, count_blobs, nuclei_contrast, refine_nuclei
 from .refine import blur, refine_ecc, refine_pyramid
 from .score import ncc, overlap_score
-from .search import Hypothesis, SearchParams, binned, coarse_hypotheses, distinct
+from .search import Hypothesis, SearchParams, binned, coarse_hypotheses, distinct_hypotheses
 from .uncertainty import MIN_LOCAL_NUCLEI, expected_error, local_shifts
 
 __all__ = ["SearchParams", "choose_hypothesis", "register_chromatin", "correlate", "chromatin_channel", "scale_prior",
@@ -142,7 +142,7 @@ def choose_hypothesis(fixed: np.ndarray, moving: np.ndarray, hyps: list[Hypothes
             check_cancel()
         m, s = refine_pyramid(fixed, moving, h.matrix, [size], scale_range=scale_range)
         refined.append(Hypothesis(m, s, h.angle, h.scale))
-    refined = distinct(refined, fixed.shape, len(refined))
+    refined = distinct_hypotheses(refined, fixed.shape, len(refined))
     best = refined[0]
     margin = (best.score - refined[1].score) / max(best.score, 1e-6) if len(refined) > 1 else None
     return best, margin, len(refined)

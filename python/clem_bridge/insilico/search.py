@@ -19,6 +19,7 @@ import numpy as np
 
 from .. import transforms as T
 from ..errors import Cancelled, InputError
+from ..peaks import distinct
 from ..progress import CancelFn
 from .score import weighted
 
@@ -151,17 +152,12 @@ def _angles(center: float, half: float, step: float) -> np.ndarray:
     return center + step * np.arange(-n, n + 1)
 
 
-def distinct(hyps: list[Hypothesis], shape, limit: int) -> list[Hypothesis]:
+def distinct_hypotheses(hyps: list[Hypothesis], shape, limit: int) -> list[Hypothesis]:
     """The best ``limit`` hypotheses (by score) that differ by more than ``DISTINCT`` of the long side of
     ``shape`` (the grid ``matrix`` maps from)."""
-    keep: list[Hypothesis] = []
     step = max(4, max(shape) // 16)   # about 16 × 12 grid points at any size
-    for h in sorted(hyps, key=lambda r: -r.score):
-        if all(T.tre(h.matrix, k.matrix, shape, step=step) > DISTINCT * max(shape) for k in keep):
-            keep.append(h)
-        if len(keep) >= limit:
-            break
-    return keep
+    return distinct(sorted(hyps, key=lambda r: -r.score), limit,
+                    lambda h, k: T.tre(h.matrix, k.matrix, shape, step=step) <= DISTINCT * max(shape))
 
 
 def coarse_hypotheses(fixed: np.ndarray, moving: np.ndarray, params: SearchParams = SearchParams(),
@@ -192,7 +188,7 @@ def coarse_hypotheses(fixed: np.ndarray, moving: np.ndarray, params: SearchParam
                 found += _grid_search(fw, bf, moving, f, angles, scales, prior_scale, cancelled)
         if not found:
             raise InputError("the chromatin image is too small for this EM field of view at the searched scales")
-        best = distinct(found, fixed.shape, max(params.candidates, params.hypotheses))
+        best = distinct_hypotheses(found, fixed.shape, max(params.candidates, params.hypotheses))
     return best[:params.hypotheses]
 
 

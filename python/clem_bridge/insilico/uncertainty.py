@@ -26,6 +26,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from ..peaks import subpixel_peak
 from .nuclei import NUCLEI_MIN_NCC, nuclei_view
 from .score import ncc
 
@@ -44,11 +45,6 @@ class LocalShifts:
     shifts: np.ndarray
     ncc: np.ndarray
     unresolved: int
-
-
-def _peak_offset(before: float, at: float, after: float) -> float:
-    den = before - 2.0 * at + after
-    return 0.5 * (before - after) / den if den < 0 else 0.0
 
 
 def local_shifts(em: np.ndarray, chromatin: np.ndarray, fixed_to_moving: np.ndarray, *, size: int = 1024,
@@ -80,8 +76,8 @@ def local_shifts(em: np.ndarray, chromatin: np.ndarray, fixed_to_moving: np.ndar
         if min(ky, kx) == 0 or max(ky, kx) == 2 * r:
             unresolved += 1
             continue
-        d = np.array([kx - r + _peak_offset(*scores[ky, kx - 1:kx + 2]),
-                      ky - r + _peak_offset(*scores[ky - 1:ky + 2, kx])])
+        px, py, _ = subpixel_peak(scores, (kx, ky))
+        d = np.array([px - r, py - r])
         cy, cx = region.centroid
         centres.append(view.em_bin[:2] @ np.array([cx, cy, 1.0]))
         shifts.append(lin @ d)

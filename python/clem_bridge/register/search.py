@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ..peaks import subpixel_peak
+from ..peaks import distinct, subpixel_peak
 from ..transforms import area_resize, center_of, from_params
 
 
@@ -148,16 +148,10 @@ def _in_threads(fn, items: list) -> list:
     return out
 
 
-def _distinct(ranked: list, keep: int, angle_tol: float, scale_ratio: float) -> list:
-    """The best ``keep`` candidates that are not neighbours (same handedness, close angle and scale)."""
-    out: list = []
-    for r in ranked:
-        if all(r[3] != o[3] or abs((r[1] - o[1] + 180) % 360 - 180) > angle_tol
-               or max(r[2] / o[2], o[2] / r[2]) > scale_ratio for o in out):
-            out.append(r)
-            if len(out) == keep:
-                break
-    return out
+def _neighbours(angle_tol: float, scale_ratio: float):
+    """Same handedness, angles within ``angle_tol`` and scales within ``scale_ratio``: one candidate."""
+    return lambda r, o: (r[3] == o[3] and abs((r[1] - o[1] + 180) % 360 - 180) <= angle_tol
+                         and max(r[2] / o[2], o[2] / r[2]) <= scale_ratio)
 
 
 def global_search(fixed: np.ndarray, moving: np.ndarray, *, rotation_range_deg: float = 180.0,
@@ -190,7 +184,7 @@ def global_search(fixed: np.ndarray, moving: np.ndarray, *, rotation_range_deg: 
     blocks = np.array_split(np.arange(grid[0].size), max(1, min(8, grid[0].size // 64)))
     ranked = sorted((r for part in _in_threads(lambda i: coarse.rank(*(g[i] for g in grid)), blocks) for r in part),
                     key=lambda r: -r[0])
-    seeds = _distinct(ranked, keep, coarse_step, ratio ** 0.5)
+    seeds = distinct(ranked, keep, _neighbours(coarse_step, ratio ** 0.5))
 
     full = _Matcher(fixed, moving, max_shift_frac, sigma)
     score = lambda c: full.score(*c)  # noqa: E731

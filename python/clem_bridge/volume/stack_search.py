@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ..peaks import subpixel_peak
+from ..peaks import distinct, subpixel_peak
 from ..register.search import candidate, gradient_magnitude, mapped_canvas
 from ..transforms import center_of
 
@@ -105,17 +105,10 @@ class StackMatcher:
         return float(best), base @ np.array([[1, 0, u - margin], [0, 1, v - margin], [0, 0, 1.0]])
 
 
-def distinct(found: list[tuple], keep: int, angle_tol: float) -> list[tuple]:
-    """The best ``keep`` sweep results that are not neighbours (same handedness and direction, slices within
-    one, angles within ``angle_tol``)."""
-    out: list = []
-    for f in found:
-        if all(f[2] != o[2] or f[3] != o[3] or abs(f[4] - o[4]) > 1
-               or abs((f[1] - o[1] + 180) % 360 - 180) > angle_tol for o in out):
-            out.append(f)
-            if len(out) == keep:
-                break
-    return out
+def _neighbours(angle_tol: float):
+    """Same handedness and direction, slices within one, angles within ``angle_tol``: one sweep result."""
+    return lambda f, o: (f[2] == o[2] and f[3] == o[3] and abs(f[4] - o[4]) <= 1
+                         and abs((f[1] - o[1] + 180) % 360 - 180) <= angle_tol)
 
 
 def stack_search(coarse: StackMatcher, fine: StackMatcher, coarse_to_fine: np.ndarray, *, max_shift_frac: float,
@@ -124,7 +117,7 @@ def stack_search(coarse: StackMatcher, fine: StackMatcher, coarse_to_fine: np.nd
     refine the ``keep`` best distinct ones on ``fine`` in rotation (thirds of the step, then 1°) and scale
     near the coarse translation; best first."""
     margin = int(np.ceil(max_shift_frac * max(coarse.plane_shape)))
-    seeds = distinct(coarse.sweep(angle_step, margin), keep, angle_step)
+    seeds = distinct(coarse.sweep(angle_step, margin), keep, _neighbours(angle_step))
     local = int(np.ceil(2 * np.sqrt(abs(np.linalg.det(coarse_to_fine[:2, :2]))))) + 2
     cf = np.array(center_of(fine.plane_shape))
     out = []
