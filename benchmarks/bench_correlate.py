@@ -23,6 +23,7 @@ scale; units are converted).  Reported per case and in the summary:
   summary how often the measured errors lie within it (once and twice);
 * ``miscalibrated`` per pair: the unperturbed pair with pixel sizes 3 % / 2 % / 4 % off the truth (a user's wrong
   calibration, inside the snap range): error, status, expected error; silent failures counted in the summary;
+* ``mirrored`` per pair: the chromatin image mirrored (uncalibrated): error, status, whether a mirror was found;
 * seconds per case (registration only) and the prediction time per pair.
 
 The example (``example/EM.png`` against ``example/Chromatin.png``, blue channel, uncalibrated, shipped
@@ -113,6 +114,19 @@ def miscalibrated(em, chrom, pred) -> list[dict]:
     return rows
 
 
+def mirrored(em, chrom, pred) -> dict:
+    """The pair with the chromatin image mirrored (the LM seen from the other side), uncalibrated: the error
+    against the manual registration composed with the mirror, status and whether a mirror was found."""
+    flip = np.array([[-1.0, 0.0, chrom.shape[1] - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    t0 = time.perf_counter()
+    reg = register_chromatin(pred, np.ascontiguousarray(chrom[:, ::-1]), em=em)
+    row = {"tre_px": round(T.tre(reg.fixed_to_moving, flip, em.shape), 2), "status": reg.outcome,
+           "warnings": reg.warnings, "mirrored": bool(reg.metrics["mirrored"]),
+           "seconds": round(time.perf_counter() - t0, 2)}
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def pair_cases(i: int, em, chrom, model, n_cases: int) -> tuple[dict, list[dict]]:
     t0 = time.perf_counter()
     pred = predict_chromatin(em, model, device="cpu")
@@ -120,7 +134,7 @@ def pair_cases(i: int, em, chrom, model, n_cases: int) -> tuple[dict, list[dict]
     opt, ref = reference_check(em, chrom)
     info = {"pair": i, "predict_seconds": round(predict_seconds, 2),
             "pearson_r": round(pearson(pred, chrom), 3), "reference": ref,
-            "miscalibrated": miscalibrated(em, chrom, pred)}
+            "miscalibrated": miscalibrated(em, chrom, pred), "mirrored": mirrored(em, chrom, pred)}
     rows = []
     for k, truth in enumerate(perturbations(n_cases, em.shape, seed=i)):
         moving = T.warp_image(chrom, np.linalg.inv(truth), chrom.shape)
@@ -247,6 +261,11 @@ def main() -> None:
         "cases": len(mis), "over_8px": sum(r["tre_px"] > SILENT_PX for r in mis),
         "silent_failures": sum(r["status"] == "ok" and r["tre_px"] > SILENT_PX for r in mis),
         "status_counts": {s: sum(r["status"] == s for r in mis) for s in ("ok", "uncertain", "failed")}}
+    mir = [p["mirrored"] for p in result["per_pair"]]
+    result["summary"]["mirrored"] = {
+        "cases": len(mir), "found": sum(r["mirrored"] and r["tre_px"] <= SILENT_PX for r in mir),
+        "max_tre_px": max(r["tre_px"] for r in mir),
+        "silent_failures": sum(r["status"] == "ok" and r["tre_px"] > SILENT_PX for r in mir)}
     mean_pred = float(np.mean([p["predict_seconds"] for p in result["per_pair"]]))
     result["summary"]["seconds_per_pair_incl_prediction"] = round(
         mean_pred + result["summary"]["free"]["mean_seconds_per_case"], 2)

@@ -129,6 +129,19 @@ def test_nuclei_that_contradict_the_calibration_keep_the_fitted_scale():
             assert any("calibration may be wrong" in w and "kept the fitted scale" in w for w in reg.warnings)
 
 
+def test_a_mirrored_chromatin_image_is_found():
+    """The LM seen from the other side of the section: the mirrored hypotheses win (det < 0) and land on the
+    truth; without the mirror search nothing fits, and the result says so."""
+    pair, pred, f2m = case(18.0, 1.1, (280, 270), seed=14)
+    flip = np.array([[-1.0, 0.0, 269.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])   # x mirrored in the 270 px wide LM
+    chrom = np.ascontiguousarray(pair.lm["chromatin"][:, ::-1])
+    reg = register_chromatin(pred, chrom, em=pair.em, params=LOCAL)
+    assert reg.metrics["mirrored"] == 1.0 and np.linalg.det(reg.fixed_to_moving[:2, :2]) < 0
+    assert T.tre(reg.fixed_to_moving, flip @ f2m, SHAPE) < 1.0 and reg.status == "ok", reg.warnings
+    plain = register_chromatin(pred, chrom, em=pair.em, params=replace(LOCAL, mirror=False))
+    assert plain.metrics["mirrored"] == 0.0 and plain.outcome != "ok"
+
+
 def test_few_nuclei_in_view_warn():
     blobs = np.zeros((300, 400), np.float32)
     for i in range(5):

@@ -34,7 +34,8 @@ Every such result carries its expected error (1.1–4.6 px, median 2.4 / 3.1 px 
 ``MAX_EXPECTED_ERROR``); the error against the manual registration lies within twice it in 34 of 36 cases.
 Pixel sizes 2–4 % off the truth (inside the snap range; 9 cases): the nuclei reject the snapped scale
 (expected error 8–25 px), the fitted scale is kept and lands 2.3–4.1 px from the manual registration,
-status ``uncertain`` with the calibration warning (snapped, these were 9–23 px off).
+status ``uncertain`` with the calibration warning (snapped, these were 9–23 px off).  Mirrored chromatin
+images (3 pairs): all found (det < 0), 2.3–4.1 px, ``ok``; the mirror search costs 1–2 s a case.
 DeepCLEM's example (shipped model): ``ok``, its three EM nuclei 6–14 px from the stained nuclei' centres,
 expected error 1.5 px.
 """
@@ -259,6 +260,7 @@ def register_chromatin(predicted: np.ndarray, chromatin: np.ndarray, *, params: 
                         metrics={"ncc": q, "score": score, "coarse_score": hyps[0].score,
                                  "margin": 1.0 if margin is None else margin, "hypotheses": float(n_distinct),
                                  "fitted_scale": fitted, "overlap": float(valid.mean()),
+                                 "mirrored": float(np.linalg.det(m[:2, :2]) < 0),
                                  "chromatin_blobs": float(blobs), **extra, **(error or {}),
                                  **({} if contrast is None else {"nuclei_contrast": contrast})},
                         warnings=warnings, status=status,

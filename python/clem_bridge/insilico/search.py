@@ -7,11 +7,13 @@ moving frame and slid over the zero-padded chromatin with ``cv2.matchTemplate``
 fields of view).  Each (rotation, scale) contributes its best few translation peaks.  The best candidates
 are searched again on a finer grid at a finer working size, and :func:`coarse_hypotheses` returns several
 distinct ones: the best peak is not always the right one (repeated nuclei, a prediction that is better in
-one part of the field), so the caller refines each and chooses by :func:`.score.overlap_score`.
+one part of the field), so the caller refines each and chooses by :func:`.score.overlap_score`.  The
+mirrored chromatin image (the LM seen from the other side of the section) is searched alike, and the
+hypotheses of both handednesses compete (a mirrored one has det < 0).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import cv2
@@ -33,6 +35,7 @@ class SearchParams:
     ``nuclei_refinement``: finish with :func:`.nuclei.refine_nuclei` on the EM itself (when the EM is given).
     ``scale_from_pixel_size``: when both pixel sizes are known and the fitted scale is within
     ``SCALE_SNAP`` of their ratio, the scale is set to that ratio and rotation and shift are refined again.
+    ``mirror``: also search the mirrored chromatin image (the LM seen from the other side: det < 0).
     """
     max_rotation: float = 180.0
     scale_range: tuple[float, float] = (0.5, 2.0)
@@ -47,6 +50,7 @@ class SearchParams:
     ecc_iterations: int = 100
     nuclei_refinement: bool = True
     scale_from_pixel_size: bool = True
+    mirror: bool = True
 
 
 @dataclass
@@ -162,11 +166,22 @@ def distinct_hypotheses(hyps: list[Hypothesis], shape, limit: int) -> list[Hypot
 
 def coarse_hypotheses(fixed: np.ndarray, moving: np.ndarray, params: SearchParams = SearchParams(),
                       prior_scale: float = 1.0, cancelled: Optional[CancelFn] = None) -> list[Hypothesis]:
-    """Global rotation/scale/translation search; up to ``params.hypotheses`` distinct hypotheses
-    (``fixed_to_moving`` in full pixels), best coarse score first.
+    """Global rotation/scale/translation search (both handednesses with ``params.mirror``); up to
+    ``params.hypotheses`` distinct hypotheses (``fixed_to_moving`` in full pixels), best coarse score first.
 
     ``prior_scale`` (e.g. fixed / moving pixel size) multiplies the searched ``params.scale_range``.
     """
+    found = _one_hand(fixed, moving, params, prior_scale, cancelled)
+    if params.mirror:
+        flip = np.array([[-1.0, 0.0, moving.shape[1] - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # its own inverse
+        found += [replace(h, matrix=flip @ h.matrix)
+                  for h in _one_hand(fixed, np.ascontiguousarray(moving[:, ::-1]), params, prior_scale, cancelled)]
+    return distinct_hypotheses(found, fixed.shape, params.hypotheses)
+
+
+def _one_hand(fixed: np.ndarray, moving: np.ndarray, params: SearchParams, prior_scale: float,
+              cancelled: Optional[CancelFn]) -> list[Hypothesis]:
+    """:func:`coarse_hypotheses` without the mirror: the coarse grid, then a finer one about its best."""
     best: list[Hypothesis] = []
     lo, hi = params.scale_range
     # the fixed image sets the working size; the moving one is binned to it at each scale (_grid_search)
