@@ -24,8 +24,9 @@ from clem_bridge.insilico.uncertainty import MIN_LOCAL_NUCLEI, expected_error, l
 from clem_bridge.io import read_image
 
 SHAPE = (256, 256)
-# rotation searched ±30° (the cases turn by ≤ 18°) where the test is about a later stage, not the global search
-LOCAL = SearchParams(max_rotation=30.0)
+# rotation searched ±30° (the cases turn by ≤ 18°) and no mirror where the test is about a later stage, not the
+# global search (test_recovers_known_affine and the mirror test search both handednesses)
+LOCAL = SearchParams(max_rotation=30.0, mirror=False)
 
 
 def case(rotation, scale, moving_shape, seed, shift=(9.0, -6.0), lm_pixel_ratio=1.0):
@@ -135,10 +136,10 @@ def test_a_mirrored_chromatin_image_is_found():
     pair, pred, f2m = case(18.0, 1.1, (280, 270), seed=14)
     flip = np.array([[-1.0, 0.0, 269.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])   # x mirrored in the 270 px wide LM
     chrom = np.ascontiguousarray(pair.lm["chromatin"][:, ::-1])
-    reg = register_chromatin(pred, chrom, em=pair.em, params=LOCAL)
+    reg = register_chromatin(pred, chrom, em=pair.em, params=replace(LOCAL, mirror=True))
     assert reg.metrics["mirrored"] == 1.0 and np.linalg.det(reg.fixed_to_moving[:2, :2]) < 0
     assert T.tre(reg.fixed_to_moving, flip @ f2m, SHAPE) < 1.0 and reg.status == "ok", reg.warnings
-    plain = register_chromatin(pred, chrom, em=pair.em, params=replace(LOCAL, mirror=False))
+    plain = register_chromatin(pred, chrom, em=pair.em, params=LOCAL)
     assert plain.metrics["mirrored"] == 0.0 and plain.outcome != "ok"
 
 
@@ -168,7 +169,7 @@ def biased_prediction(pred, dx=3.0, dy=-2.0, rotation=0.6):
 def test_heterochromatin_refinement_removes_a_prediction_bias():
     """EM heterochromatin is dark (or, inverted, bright): the final stage on the EM itself removes a 3-4 px bias."""
     pair, pred, f2m = case(18.0, 1.1, (280, 270), seed=14)
-    biased, params = biased_prediction(pred), SearchParams(max_rotation=30.0)
+    biased, params = biased_prediction(pred), LOCAL
     off = replace(params, nuclei_refinement=False)
     plain = register_chromatin(biased, pair.lm["chromatin"], em=pair.em, params=off)
     assert T.tre(plain.fixed_to_moving, f2m, SHAPE) > 2.5           # the bias survives the correlation
@@ -195,7 +196,7 @@ def test_heterochromatin_refinement_sees_the_unsaturated_chromatin():
     chrom = (0.04 + 0.3 * (lm > 0.1) + 0.7 * (lm > 0.9)).astype(np.float32)   # nuclear body, puncta < 1 %
     noise = np.random.default_rng(15).normal(0, 0.03, SHAPE)
     em = (0.6 - 0.4 * (pair.masks["heterochromatin"] > 0.9) + noise).astype(np.float32)   # dense puncta only
-    biased, params = biased_prediction(pred), SearchParams(max_rotation=30.0)
+    biased, params = biased_prediction(pred), LOCAL
     reg = register_chromatin(biased, chrom, em=em, params=params)
     assert T.tre(reg.fixed_to_moving, f2m, SHAPE) < 1.0, reg.metrics
     assert reg.metrics["nuclei_applied"] == 1.0 and reg.status == "ok", reg.warnings
