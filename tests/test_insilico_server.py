@@ -104,6 +104,8 @@ def test_cli_correlate_on_the_server(server, tmp_path):
     reg = load_transform_json(out / "transform.json")
     assert T.tre(reg.fixed_to_moving, f2m, (256, 256)) < 1.5
     assert reg.params["model"] == "tiny" and reg.metrics["nuclei_applied"] == 1.0
+    # the server's result carries the expected error, and the CLI prints it as it does locally
+    assert f"expected error {reg.metrics['expected_error_px']:.1f} EM px" in r.output
     assert {"lm_warped.tif", "overlay.png", "predicted_chromatin.tif"} <= {p.name for p in out.iterdir()}
     r = CliRunner().invoke(app, ["correlate", str(tmp_path / "em.tif"), str(tmp_path / "chromatin.tif"),
                                  "--out", str(out), "--model", "missing", "--server", server])
