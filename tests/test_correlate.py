@@ -141,6 +141,10 @@ def test_a_mirrored_chromatin_image_is_found():
     assert T.tre(reg.fixed_to_moving, flip @ f2m, SHAPE) < 1.0 and reg.status == "ok", reg.warnings
     plain = register_chromatin(pred, chrom, em=pair.em, params=LOCAL)
     assert plain.metrics["mirrored"] == 0.0 and plain.outcome != "ok"
+    # the wrong handedness scores far lower on the coarse grid (0.5x here) and is not searched further
+    for image, sign in ((chrom, -1), (pair.lm["chromatin"], 1)):
+        hyps = coarse_hypotheses(correlation_input(pred), correlation_input(image), replace(LOCAL, mirror=True))
+        assert all(np.sign(np.linalg.det(h.matrix[:2, :2])) == sign for h in hyps)
 
 
 def test_few_nuclei_in_view_warn():

@@ -35,7 +35,8 @@ Every such result carries its expected error (1.1–4.6 px, median 2.4 / 3.1 px 
 Pixel sizes 2–4 % off the truth (inside the snap range; 9 cases): the nuclei reject the snapped scale
 (expected error 8–25 px), the fitted scale is kept and lands 2.3–4.1 px from the manual registration,
 status ``uncertain`` with the calibration warning (snapped, these were 9–23 px off).  Mirrored chromatin
-images (3 pairs): all found (det < 0), 2.3–4.1 px, ``ok``; the mirror search costs 1–2 s a case.
+images (3 pairs): all found (det < 0), 2.3–4.1 px, ``ok``; the mirror search costs about 1.3 s a case on one
+core (its coarse grid; the wrong handedness is not searched further).
 DeepCLEM's example (shipped model): ``ok``, its three EM nuclei 6–14 px from the stained nuclei' centres,
 expected error 1.5 px.
 """
