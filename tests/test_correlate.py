@@ -325,7 +325,7 @@ def test_outcome_rules():
     small = {"expected_error_px": 1.2, "local_correction_px": 0.4}
     assert outcome(0.5, 0.4, 14, 0.9, 0.6, error=small) == ("ok", [])
     status, why = outcome(0.5, 0.4, 14, 0.9, 0.6, error={"expected_error_px": MAX_EXPECTED_ERROR + 1,
-                                                         "local_correction_px": 5.5})
+                                                         "local_correction_px": 5.5, "local_scale_change": 0.0})
     assert status == "uncertain" and "expected error" in why[0] and "5.5 px change" in why[0]
     status, why = outcome(0.5, 0.4, 14, 0.9, 0.6, error={})       # the EM is known, too few nuclei to align
     assert status == "uncertain" and "cannot be estimated" in why[0]

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -56,11 +56,11 @@ from ..result import Registration
 from ..schema import PixelSize
 from . import DEFAULT_MODEL
 from .normalize import correlation_input
-from .nuclei import MIN_BLOBS, NUCLEI_MIN_NCC, count_blobs, nuclei_contrast, refine_nuclei
+from .nuclei import MIN_BLOBS, NUCLEI_MIN_NCC, count_blobs, refine_nuclei
 from .refine import blur, refine_ecc, refine_pyramid
 from .score import ncc, overlap_score
 from .search import Hypothesis, SearchParams, binned, coarse_hypotheses, distinct_hypotheses
-from .uncertainty import MIN_LOCAL_NUCLEI, expected_error, local_shifts
+from .uncertainty import MIN_LOCAL_NUCLEI, LocalShifts, expected_error, local_shifts
 
 __all__ = ["SearchParams", "choose_hypothesis", "register_chromatin", "correlate", "chromatin_channel", "scale_prior",
            "outcome"]
@@ -73,6 +73,16 @@ FAIL_BLOBS = 2                 # fewer stained nuclei in common: failed
 EDGE = 1.03                    # a fitted scale within 3 % of the searched range's ends: failed
 FAIL_CONTRAST = 0.1            # EM vs registered chromatin inside the nuclei (|NCC|) below this: failed
 MAX_EXPECTED_ERROR = 6.0       # EM px: a larger expected error is uncertain (DeepCLEM pairs: results 1.1–4.6 px, manual 3.7–4.3)
+
+
+class _OnEm(NamedTuple):
+    """What the stages on the EM give for one registration (:func:`register_chromatin`)."""
+    m: np.ndarray
+    score: float
+    extra: dict                     # the nuclei_* metrics of refine_nuclei
+    warnings: list
+    local: Optional[LocalShifts]
+    error: Optional[dict]           # expected_error's metrics; {}: not estimable; None: no EM
 
 
 def scale_prior(fixed_pixel_size: Optional[PixelSize], moving_pixel_size: Optional[PixelSize]) -> Optional[float]:
@@ -91,8 +101,8 @@ def outcome(score: float, margin: Optional[float], blobs: int, overlap: float,
             error: Optional[dict] = None, scale_fixed: bool = False) -> tuple[str, list[str]]:
     """Status and reasons from the evidence (the caller adds stage warnings, which make ``ok`` uncertain).
 
-    ``contrast``: :func:`.nuclei.nuclei_contrast` when the EM is known (the check that does not depend on
-    the prediction: a weak prediction can score a wrong position higher than the right one).
+    ``contrast``: :attr:`.uncertainty.LocalShifts.contrast` when the EM is known (the check that does not
+    depend on the prediction: a weak prediction can score a wrong position higher than the right one).
     ``scale_edge``: a description when the fitted scale lies at the edge of the searched range (the
     signature of a match that shrank or blew up the field: failed).
     ``error``: :func:`.uncertainty.expected_error`'s metrics when the EM is known (``{}``: not estimable);
@@ -123,7 +133,7 @@ def outcome(score: float, margin: Optional[float], blobs: int, overlap: float,
     elif error and error["expected_error_px"] > MAX_EXPECTED_ERROR:
         uncertain.append(f"the stained nuclei, aligned one by one, put the expected error at "
                          f"{error['expected_error_px']:.1f} EM px (they ask for a {error['local_correction_px']:.1f} px "
-                         f"change, scale {100 * error.get('local_scale_change', 0.0):+.1f} %"
+                         f"change, scale {100 * error['local_scale_change']:+.1f} %"
                          f"{'; check the pixel sizes' if scale_fixed else ''}); check the overlay")
     return ("failed" if failed else "uncertain" if uncertain else "ok"), failed + uncertain
 
@@ -204,8 +214,8 @@ def register_chromatin(predicted: np.ndarray, chromatin: np.ndarray, *, params: 
     fs, ms = blur(fw, 1.0), blur(mw, 1.0)
     on_level = lambda a: np.linalg.inv(bm) @ a @ bf   # noqa: E731
 
-    def on_em(m, score, fix_scale):
-        """Heterochromatin refinement (when asked for) and the expected error: (m, score, metrics, warnings, error)."""
+    def on_em(m, score, fix_scale) -> _OnEm:
+        """Heterochromatin refinement (when asked for), then the nuclei one by one and the expected error."""
         extra, stage = {}, []
         if em is not None and params.nuclei_refinement:
             check_cancel()
@@ -214,8 +224,8 @@ def register_chromatin(predicted: np.ndarray, chromatin: np.ndarray, *, params: 
             stage = [warning] if warning else []
             if extra["nuclei_applied"]:
                 m, score = nm, overlap_score(fs, ms, on_level(nm))
-        error = None if em is None else expected_error(local_shifts(em, measured, m), em.shape) or {}
-        return m, score, extra, stage, error
+        local = None if em is None else local_shifts(em, measured, m)
+        return _OnEm(m, score, extra, stage, local, None if em is None else expected_error(local, em.shape) or {})
 
     warnings, fix_scale, fitted, free = [], False, T.scale_of(m), (m, score)
     if prior is not None:
@@ -229,23 +239,23 @@ def register_chromatin(predicted: np.ndarray, chromatin: np.ndarray, *, params: 
     if params.model == "affine":
         lm, score = refine_ecc(fw, mw, on_level(m), iterations=params.ecc_iterations)
         m = bm @ lm @ np.linalg.inv(bf)
-    m, score, extra, stage, error = on_em(m, score, fix_scale)
+    m, score, extra, stage, local, error = on_em(m, score, fix_scale)
     if fix_scale and error and error["expected_error_px"] > MAX_EXPECTED_ERROR:
         # the nuclei contradict the pixel sizes' ratio: the fitted scale, if the nuclei agree with it better
         alt = on_em(*free, False)
-        if alt[4] and alt[4]["expected_error_px"] < error["expected_error_px"]:
+        if alt.error and alt.error["expected_error_px"] < error["expected_error_px"]:
             warnings.append(f"with the pixel sizes' ratio as the scale the stained nuclei put the expected error at "
                             f"{error['expected_error_px']:.1f} EM px, with the fitted scale "
-                            f"({100 * (T.scale_of(alt[0]) / prior - 1):+.1f} % from the ratio) at "
-                            f"{alt[4]['expected_error_px']:.1f} px: one image's calibration may be wrong "
+                            f"({100 * (T.scale_of(alt.m) / prior - 1):+.1f} % from the ratio) at "
+                            f"{alt.error['expected_error_px']:.1f} px: one image's calibration may be wrong "
                             "(kept the fitted scale)")
-            (m, score, extra, stage, error), fix_scale = alt, False
+            (m, score, extra, stage, local, error), fix_scale = alt, False
     warnings += stage
     t2 = time.perf_counter()
     warped, valid = T.warp_channels([moving], m, fixed.shape)
     q = ncc(fixed, warped[0], valid) if valid.sum() > 16 else 0.0
     blobs = count_blobs(warped[0], valid)
-    contrast = nuclei_contrast(em, measured, m) if em is not None else None
+    contrast = None if em is None else 0.0 if local is None else local.contrast
     edge = None
     if not lo * EDGE < T.scale_of(m) < hi / EDGE:
         edge = (f"the fitted scale {T.scale_of(m):.3f} lies at the edge of the searched range {lo:.3f}–{hi:.3f}: "

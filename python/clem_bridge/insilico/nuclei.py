@@ -67,14 +67,6 @@ def nuclei_view(em: np.ndarray, chromatin: np.ndarray, init: np.ndarray, size: i
     return NucleiView(ew, be, cw, bc, m0, mask, start, warped)
 
 
-def nuclei_contrast(em: np.ndarray, chromatin: np.ndarray, fixed_to_moving: np.ndarray, *, size: int = 1024,
-                    sigma: float = 2.0) -> float:
-    """|NCC| of the EM and the registered chromatin inside the stained nuclei: 0.5–0.7 where the chromatin
-    lies on the EM's dense heterochromatin (DeepCLEM pairs), under 0.17 at wrong positions; 0 without nuclei."""
-    view = nuclei_view(em, chromatin, fixed_to_moving, size, sigma)
-    return 0.0 if view is None else abs(view.start)
-
-
 def refine_nuclei(em: np.ndarray, chromatin: np.ndarray, init: np.ndarray, *, size: int = 1024,
                   sigma: float = 2.0, fix_scale: bool = False,
                   scale_range: Optional[tuple[float, float]] = None) -> tuple[np.ndarray, dict, Optional[str]]:
